@@ -1,0 +1,1 @@
+"""Dump readers, the canonical KG schema, Parquet writing and shard building (no torch here)."""

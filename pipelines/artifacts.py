@@ -1,0 +1,213 @@
+"""The artifact directory contract: paths, atomic publication and the build manifest.
+
+Every stage writes into a temporary sibling directory or file and renames it into place when
+complete, then records itself in ``<root>/<name>/manifest.json``. Nothing half-written is ever
+visible under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import ArtifactError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class ArtifactLayout:
+    """Where each artifact of one KG build lives: ``<root>/<name>/...``."""
+
+    root: Path
+    name: str
+
+    @property
+    def base(self) -> Path:
+        return Path(self.root) / self.name
+
+    @property
+    def kg(self) -> Path:
+        return self.base / "kg"
+
+    @property
+    def entities(self) -> Path:
+        return self.kg / "entities.parquet"
+
+    @property
+    def aliases(self) -> Path:
+        return self.kg / "aliases.parquet"
+
+    @property
+    def relations(self) -> Path:
+        return self.kg / "relations.parquet"
+
+    @property
+    def triples(self) -> Path:
+        return self.kg / "triples"
+
+    @property
+    def splits(self) -> Path:
+        return self.kg / "splits"
+
+    def embeddings(self, model: str) -> Path:
+        return self.base / "embeddings" / model
+
+    @property
+    def index(self) -> Path:
+        return self.base / "index"
+
+    @property
+    def linker(self) -> Path:
+        return self.base / "linker"
+
+    @property
+    def shards(self) -> Path:
+        return self.base / "shards"
+
+    @property
+    def adapters(self) -> Path:
+        return self.base / "adapters"
+
+    @property
+    def manifest(self) -> Path:
+        return self.base / MANIFEST
+
+    def require(self, path: Path, stage: str) -> Path:
+        """Return ``path`` or raise a clear error naming the stage that produces it."""
+        if not path.exists():
+            raise ArtifactError(
+                f"{path} does not exist: run `kalora {stage} --name {self.name} --root {self.root}` first"
+            )
+        return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+@contextlib.contextmanager
+def staged_dir(final: Path) -> Iterator[Path]:
+    """Yield a fresh temporary directory that replaces ``final`` only if the block succeeds."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tree_sha256(path: Path) -> str:
+    """Content hash of a file, or of every file under a directory (names and bytes)."""
+    path = Path(path)
+    if path.is_file():
+        return file_sha256(path)
+    h = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file() and not q.name.startswith(".")):
+        h.update(str(p.relative_to(path)).encode())
+        h.update(file_sha256(p).encode())
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for dist in ("kalora-kg", "pyarrow", "torch", "pykeen", "faiss-cpu", "spacy", "transformers", "peft", "prefect"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[dist] = metadata.version(dist)
+    return out
+
+
+def read_manifest(layout: ArtifactLayout) -> dict[str, Any]:
+    if not layout.manifest.exists():
+        return {"schema_version": SCHEMA_VERSION, "name": layout.name, "stages": {}}
+    try:
+        return json.loads(layout.manifest.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{layout.manifest}: not valid JSON ({exc})") from None
+
+
+def record_stage(
+    layout: ArtifactLayout,
+    stage: str,
+    *,
+    inputs: dict[str, str] | None = None,
+    parameters: dict[str, Any] | None = None,
+    outputs: dict[str, str] | None = None,
+    counts: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    wall_time_s: float | None = None,
+) -> dict[str, Any]:
+    """Record a completed stage in the build manifest (read-modify-atomic-write)."""
+    manifest = read_manifest(layout)
+    entry = {
+        "completed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "inputs": inputs or {},
+        "parameters": parameters or {},
+        "outputs": outputs or {},
+        "counts": counts or {},
+        "metrics": metrics or {},
+        "wall_time_s": None if wall_time_s is None else round(wall_time_s, 3),
+        "schema_version": SCHEMA_VERSION,
+        "versions": library_versions(),
+    }
+    manifest.setdefault("stages", {})[stage] = entry
+    manifest["schema_version"] = SCHEMA_VERSION
+    manifest["name"] = layout.name
+    atomic_write_json(layout.manifest, manifest)
+    return entry
+
+
+class Timer:
+    """``with Timer() as t: ...; t.seconds``"""
+
+    def __enter__(self) -> "Timer":
+        self._start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self._start

@@ -1,0 +1,213 @@
+"""Streaming OBO 1.2/1.4 reader (HPO, MONDO, GO, DOID) into the canonical KG.
+
+Terms become entities; names, synonyms (with scope and type) become aliases; ``is_a`` and
+``relationship`` lines become triples; obsolete terms are excluded but their ``replaced_by`` and
+every ``alt_id`` become redirects, so annotations that use old ids still resolve.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines.errors import DumpParseError
+from pipelines.readers import open_text
+from pipelines.tables import Entity, KGBuilder
+
+log = logging.getLogger(__name__)
+
+_SYNONYM = re.compile(r'^"((?:[^"\\]|\\.)*)"\s+(EXACT|BROAD|NARROW|RELATED)(?:\s+([^\s\[]+))?\s*(\[.*\])?\s*(\{.*\})?\s*$')
+_DEF = re.compile(r'^"((?:[^"\\]|\\.)*)"\s*(\[.*\])?\s*(\{.*\})?\s*$')
+_ESCAPE = re.compile(r"\\(.)")
+
+# Synonym types that mean "this alias is an abbreviation" (matched case-sensitively by the linker).
+ABBREVIATION_TYPES = {"abbreviation", "ABBREVIATION", "acronym"}
+
+
+@dataclass
+class OboTerm:
+    id: str
+    line: int
+    name: str | None = None
+    definition: str | None = None
+    namespace: str | None = None
+    synonyms: list[tuple[str, str, str | None]] = field(default_factory=list)  # (text, scope, type)
+    xrefs: list[str] = field(default_factory=list)
+    is_a: list[str] = field(default_factory=list)
+    relationships: list[tuple[str, str]] = field(default_factory=list)
+    alt_ids: list[str] = field(default_factory=list)
+    replaced_by: list[str] = field(default_factory=list)
+    obsolete: bool = False
+
+
+def _unescape(text: str) -> str:
+    return _ESCAPE.sub(r"\1", text)
+
+
+def _strip_comment(value: str) -> str:
+    # "HP:0000118 ! Phenotypic abnormality" → "HP:0000118" (a "!" inside quotes is not a comment)
+    if '"' not in value and "!" in value:
+        value = value.split("!", 1)[0]
+    return value.strip()
+
+
+def iter_terms(path: Path) -> Iterator[OboTerm]:
+    """Yield every ``[Term]`` stanza of an OBO file, with the line it starts on."""
+    term: OboTerm | None = None
+    in_term = False
+    with open_text(path) as fh:
+        for lineno, raw in enumerate(fh, 1):
+            line = raw.strip()
+            if not line or line.startswith("!"):
+                continue
+            if line.startswith("["):
+                if term is not None:
+                    yield term
+                term = None
+                in_term = line == "[Term]"
+                if not line.endswith("]"):
+                    raise DumpParseError(path, lineno, f"malformed stanza header {line!r}")
+                continue
+            if ":" not in line:
+                raise DumpParseError(path, lineno, f"expected 'tag: value', got {line[:80]!r}")
+            tag, value = line.split(":", 1)
+            value = value.strip()
+            if not in_term:
+                continue
+            if tag == "id":
+                if term is not None:
+                    raise DumpParseError(path, lineno, "second 'id:' in one [Term] stanza")
+                term = OboTerm(id=_strip_comment(value), line=lineno)
+                continue
+            if term is None:
+                raise DumpParseError(path, lineno, f"'{tag}:' before the stanza's 'id:'")
+            _apply(term, tag, value, path, lineno)
+    if term is not None:
+        yield term
+
+
+def _apply(term: OboTerm, tag: str, value: str, path: Path, lineno: int) -> None:
+    if tag == "name":
+        term.name = value
+    elif tag == "def":
+        m = _DEF.match(value)
+        if not m:
+            raise DumpParseError(path, lineno, f"expected def: \"text\" [refs], got {value[:80]!r}")
+        term.definition = _unescape(m.group(1))
+    elif tag == "synonym":
+        m = _SYNONYM.match(value)
+        if not m:
+            raise DumpParseError(path, lineno, f"expected synonym: \"text\" SCOPE [TYPE] [refs], got {value[:80]!r}")
+        term.synonyms.append((_unescape(m.group(1)), m.group(2), m.group(3)))
+    elif tag == "namespace":
+        term.namespace = value
+    elif tag == "xref":
+        term.xrefs.append(_strip_comment(value).split(" ", 1)[0])
+    elif tag == "is_a":
+        term.is_a.append(_strip_comment(value).split(" ", 1)[0])
+    elif tag == "relationship":
+        parts = _strip_comment(value).split()
+        if len(parts) < 2:
+            raise DumpParseError(path, lineno, f"expected relationship: TYPE TARGET, got {value[:80]!r}")
+        term.relationships.append((parts[0], parts[1]))
+    elif tag == "alt_id":
+        term.alt_ids.append(_strip_comment(value))
+    elif tag == "replaced_by":
+        term.replaced_by.append(_strip_comment(value))
+    elif tag == "is_obsolete":
+        term.obsolete = value.lower() == "true"
+
+
+def _branches(terms: dict[str, OboTerm]) -> dict[str, set[str]]:
+    """For each term, the top-level branches (children of a root) it descends from."""
+    roots = {t for t, term in terms.items() if not any(p in terms for p in term.is_a)}
+    memo: dict[str, set[str]] = {}
+
+    def visit(tid: str, depth: int = 0) -> set[str]:
+        if tid in memo:
+            return memo[tid]
+        if tid in roots or depth > 200:
+            memo[tid] = set()
+            return memo[tid]
+        out: set[str] = set()
+        for parent in terms[tid].is_a:
+            if parent not in terms:
+                continue
+            out |= {tid} if parent in roots else visit(parent, depth + 1)
+        memo[tid] = out
+        return out
+
+    import sys
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    return {tid: visit(tid) for tid in terms}
+
+
+def descendants(terms: dict[str, OboTerm], root: str) -> set[str]:
+    children: dict[str, list[str]] = {}
+    for tid, term in terms.items():
+        for parent in term.is_a:
+            children.setdefault(parent, []).append(tid)
+    out, stack = {root}, [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in out:
+                out.add(child)
+                stack.append(child)
+    return out
+
+
+def read_obo(path: Path, builder: KGBuilder, *, root_term: str | None = None, source: str | None = None) -> dict[str, int]:
+    """Add the terms of one OBO file to ``builder``. ``root_term`` keeps only its descendants."""
+    source = source or Path(path).name.split(".")[0]
+    all_terms = {t.id: t for t in iter_terms(Path(path))}
+    live = {tid: t for tid, t in all_terms.items() if not t.obsolete}
+    if root_term is not None:
+        if root_term not in live:
+            raise DumpParseError(path, None, f"root term {root_term!r} is not a live term of this ontology")
+        keep = descendants(live, root_term)
+        live = {tid: t for tid, t in live.items() if tid in keep}
+    branches = _branches(live)
+    builder.add_relation("is_a", "is a")
+    for term in live.values():
+        if not term.name:
+            raise DumpParseError(path, term.line, f"term {term.id} has no 'name:'")
+        types = ["ontology_term"] + [f"branch:{live[b].name}" for b in sorted(branches[term.id])]
+        builder.add_entity(Entity(term.id, term.name, term.definition, types, source))
+        builder.add_alias(term.name, term.id, "label")
+        for text, scope, syn_type in term.synonyms:
+            if syn_type == "obsolete_synonym":
+                kind = "obsolete_synonym"
+            elif syn_type in ABBREVIATION_TYPES:
+                kind = "abbreviation"
+            elif syn_type:
+                kind = syn_type
+            else:
+                kind = f"synonym_{scope.lower()}"
+            builder.add_alias(text, term.id, kind)
+        for parent in term.is_a:
+            if parent in live:
+                builder.add_triple(term.id, "is_a", parent, source)
+        for rel, target in term.relationships:
+            if target in live:
+                builder.add_relation(rel, rel.replace("_", " "))
+                builder.add_triple(term.id, rel, target, source)
+        for alt in term.alt_ids:
+            builder.add_redirect(alt, term.id)
+    redirected = 0
+    for term in all_terms.values():
+        if term.obsolete and term.replaced_by and term.replaced_by[0] in live:
+            builder.add_redirect(term.id, term.replaced_by[0])
+            if term.name:
+                builder.add_alias(term.name, term.replaced_by[0], "replaced_by")
+            redirected += 1
+    counts = {
+        "terms": len(live),
+        "obsolete": sum(t.obsolete for t in all_terms.values()),
+        "obsolete_redirected": redirected,
+    }
+    log.info("%s: %d live terms, %d obsolete (%d redirected)", path, counts["terms"], counts["obsolete"], redirected)
+    return counts

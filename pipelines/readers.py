@@ -1,0 +1,40 @@
+"""Opening dumps: plain, gzip or bzip2, detected from the magic bytes, with clear errors."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+from pathlib import Path
+from typing import IO
+
+from pipelines.errors import InputError
+
+
+def check_readable(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a dump file")
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
+    return path
+
+
+def open_binary(path: str | Path) -> IO[bytes]:
+    path = check_readable(path)
+    with open(path, "rb") as fh:
+        magic = fh.read(3)
+    if magic[:2] == b"\x1f\x8b":
+        return gzip.open(path, "rb")
+    if magic == b"BZh":
+        return bz2.open(path, "rb")
+    return open(path, "rb")
+
+
+def open_text(path: str | Path) -> IO[str]:
+    return io.TextIOWrapper(open_binary(path), encoding="utf-8", errors="strict", newline=None)

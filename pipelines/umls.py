@@ -1,0 +1,71 @@
+"""UMLS RRF reader (MRCONSO, MRSTY, MRREL) for licensed users; pipe-separated, no header."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+from pipelines.errors import DumpParseError, InputError
+from pipelines.readers import open_text
+from pipelines.tables import Entity, KGBuilder
+
+log = logging.getLogger(__name__)
+
+MRCONSO = ["CUI", "LAT", "TS", "LUI", "STT", "SUI", "ISPREF", "AUI", "SAUI", "SCUI", "SDUI", "SAB", "TTY",
+           "CODE", "STR", "SRL", "SUPPRESS", "CVF"]
+MRSTY = ["CUI", "TUI", "STN", "STY", "ATUI", "CVF"]
+MRREL = ["CUI1", "AUI1", "STYPE1", "REL", "CUI2", "AUI2", "STYPE2", "RELA", "RUI", "SRUI", "SAB", "SL", "RG",
+         "DIR", "SUPPRESS", "CVF"]
+LANGS = {"ENG": "en", "SPA": "es", "FRE": "fr", "GER": "de", "ITA": "it", "DUT": "nl", "POR": "pt", "JPN": "ja"}
+ABBREVIATION_TTYS = {"AB", "ACR", "AA", "AM"}
+
+
+def _rows(path: Path, columns: list[str]):
+    with open_text(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            fields = line.rstrip("\n").split("|")
+            if fields and fields[-1] == "":
+                fields = fields[:-1]
+            if len(fields) != len(columns):
+                raise DumpParseError(path, lineno, f"expected {len(columns)} '|'-separated fields ({path.name} layout), got {len(fields)}")
+            yield lineno, dict(zip(columns, fields))
+
+
+def read_umls(paths: list[Path], builder: KGBuilder, *, languages: tuple[str, ...] = ("ENG",)) -> dict[str, int]:
+    """Read a directory's worth of RRF files; MRCONSO is required, MRSTY and MRREL optional."""
+    by_name = {Path(p).name.upper().split(".")[0]: Path(p) for p in paths}
+    if "MRCONSO" not in by_name:
+        raise InputError(f"{', '.join(map(str, paths))}: UMLS input needs MRCONSO.RRF (and optionally MRSTY.RRF, MRREL.RRF)")
+    counts: Counter = Counter()
+    preferred: dict[str, str] = {}
+    names: dict[str, list[tuple[str, str, str]]] = {}
+    for _, r in _rows(by_name["MRCONSO"], MRCONSO):
+        if r["LAT"] not in languages or r["SUPPRESS"] in ("O", "E", "Y"):
+            counts["suppressed_or_other_language"] += 1
+            continue
+        lang = LANGS.get(r["LAT"], r["LAT"].lower())
+        kind = "abbreviation" if r["TTY"] in ABBREVIATION_TTYS else "synonym"
+        names.setdefault(r["CUI"], []).append((r["STR"], kind, lang))
+        if r["TS"] == "P" and r["STT"] == "PF" and r["ISPREF"] == "Y" and (r["CUI"] not in preferred or r["LAT"] == "ENG"):
+            preferred[r["CUI"]] = r["STR"]
+    types: dict[str, list[str]] = {}
+    if "MRSTY" in by_name:
+        for _, r in _rows(by_name["MRSTY"], MRSTY):
+            types.setdefault(r["CUI"], []).append(r["STY"])
+    for cui, cui_names in names.items():
+        label = preferred.get(cui, cui_names[0][0])
+        builder.add_entity(Entity(cui, label, None, types.get(cui, []), "UMLS"))
+        for text, kind, lang in cui_names:
+            builder.add_alias(text, cui, "label" if text == label else kind, lang)
+    if "MRREL" in by_name:
+        for _, r in _rows(by_name["MRREL"], MRREL):
+            if r["CUI1"] == r["CUI2"] or r["SUPPRESS"] in ("O", "E", "Y"):
+                continue
+            rel = r["RELA"] or r["REL"]
+            builder.add_relation(rel, rel.replace("_", " "))
+            # MRREL reads "CUI2 has relation RELA to CUI1"
+            builder.add_triple(r["CUI2"], rel, r["CUI1"], r["SAB"] or "UMLS")
+            counts["relations_rows"] += 1
+    counts["concepts"] = len(names)
+    return dict(counts)
