@@ -1,0 +1,1 @@
+"""Id maps, graph statistics, splits, PyKEEN training/evaluation and embedding export."""

@@ -1,0 +1,67 @@
+"""The alias table the linker matches against, built from ``kg/aliases.parquet``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines.artifacts import ArtifactLayout
+from pipelines.errors import InputError
+
+# Match-quality weight of each alias kind (how much an exact hit on it says about the entity).
+KIND_WEIGHTS = {"label": 1.0, "synonym_exact": 0.95, "symbol": 0.95, "synonym": 0.9, "layperson": 0.9,
+                "plural_form": 0.95, "uk_spelling": 0.95, "abbreviation": 0.8, "replaced_by": 0.7,
+                "synonym_related": 0.6, "synonym_narrow": 0.55, "synonym_broad": 0.5}
+DEFAULT_KIND_WEIGHT = 0.7
+CASE_SENSITIVE_KINDS = {"abbreviation", "symbol"}
+SKIPPED_KINDS = {"obsolete_synonym"}
+
+
+def is_case_sensitive(alias: str, kind: str) -> bool:
+    """Abbreviations, gene symbols and short acronyms ("ASD", "CAT") must match with their case."""
+    if kind in CASE_SENSITIVE_KINDS:
+        return True
+    letters = [c for c in alias if c.isalpha()]
+    return len(alias) <= 6 and sum(c.isupper() for c in letters) >= 2
+
+
+@dataclass
+class AliasTable:
+    """Columnar alias table: parallel arrays, one row per (alias, entity) pair."""
+
+    alias: list[str]
+    alias_norm: list[str]
+    entity_index: np.ndarray  # int32, index into the entity table (1-based, 0 = padding)
+    kind: list[str]
+
+    def __len__(self) -> int:
+        return len(self.alias)
+
+    @classmethod
+    def from_layout(cls, layout: ArtifactLayout, min_chars: int = 3) -> "AliasTable":
+        aliases = pq.read_table(layout.require(layout.aliases, "ingest"))
+        ents = pq.read_table(layout.entities, columns=["entity_id", "index"])
+        aliases = aliases.filter(pc.invert(pc.is_in(aliases.column("kind"), value_set=_arr(SKIPPED_KINDS))))
+        pos = pc.index_in(aliases.column("entity_id"), value_set=ents.column("entity_id"))
+        if pos.null_count:
+            raise InputError(f"{layout.aliases}: {pos.null_count} aliases name entities missing from {layout.entities}")
+        index = ents.column("index").to_numpy()[pos.to_numpy()]
+        table = cls(aliases.column("alias").to_pylist(), aliases.column("alias_norm").to_pylist(),
+                    index.astype(np.int32), aliases.column("kind").to_pylist())
+        return table.filter_short(min_chars)
+
+    def filter_short(self, min_chars: int) -> "AliasTable":
+        """Drop aliases too short to link safely, unless they are case-sensitive acronyms."""
+        keep = [i for i, (a, n, k) in enumerate(zip(self.alias, self.alias_norm, self.kind))
+                if n and (len(n.replace(" ", "")) >= min_chars or (is_case_sensitive(a, k) and len(n) >= 2))]
+        return AliasTable([self.alias[i] for i in keep], [self.alias_norm[i] for i in keep],
+                          self.entity_index[keep], [self.kind[i] for i in keep])
+
+
+def _arr(values):
+    import pyarrow as pa
+
+    return pa.array(sorted(values), pa.string())

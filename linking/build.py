@@ -1,0 +1,76 @@
+"""Build, save and use the linker artifact (``linker/``: a spaCy pipeline directory)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from linking.aliases import AliasTable
+from pipelines.artifacts import ArtifactLayout, Timer, record_stage, staged_dir
+from pipelines.errors import ArtifactError, InputError
+
+log = logging.getLogger(__name__)
+
+
+def _entity_label(types: list[str] | None) -> str:
+    plain = [t for t in (types or []) if not t.startswith("branch:")]
+    return (plain[0] if plain else "ENTITY").upper()
+
+
+def build_linker(layout: ArtifactLayout, model: str | None = "transe") -> dict[str, Any]:
+    """spacy.blank("en") + ``kg_linker`` over the KG's aliases (and KG vectors for coherence)."""
+    import spacy
+
+    import linking.component  # noqa: F401  (registers the factory when run from a source tree)
+
+    with Timer() as timer:
+        table = AliasTable.from_layout(layout)
+        ents = pq.read_table(layout.entities, columns=["entity_id", "types", "prior"])
+        vectors = None
+        if model is not None and (layout.embeddings(model) / "entities.npy").exists():
+            vectors = np.load(layout.embeddings(model) / "entities.npy", allow_pickle=False)
+        nlp = spacy.blank("en")
+        linker = nlp.add_pipe("kg_linker")
+        linker.initialize_kb(table, ents.column("entity_id").to_pylist(),
+                             [_entity_label(t) for t in ents.column("types").to_pylist()],
+                             ents.column("prior").to_numpy(), vectors)
+        with staged_dir(layout.linker) as tmp:
+            nlp.to_disk(tmp)
+    log.info("linker with %d aliases saved to %s", len(table), layout.linker)
+    return record_stage(layout, "linker", parameters={"embedding_model": model, "has_vectors": vectors is not None},
+                        outputs={"linker": str(layout.linker)}, counts={"aliases": len(table)},
+                        wall_time_s=timer.seconds)
+
+
+def load_linker(layout: ArtifactLayout):
+    import spacy
+
+    path = layout.require(layout.linker, "linker")
+    try:
+        return spacy.load(path)
+    except OSError as exc:
+        raise ArtifactError(f"{path}: not a loadable spaCy pipeline ({exc})") from None
+
+
+def doc_links(doc) -> list[dict[str, Any]]:
+    return [{"start": e.start_char, "end": e.end_char, "text": e.text, "kb_id": e.kb_id_, "label": e.label_,
+             "score": e._.kg_score, "candidates": [{"entity_id": i, "score": s} for i, s in e._.kg_candidates or []]}
+            for e in doc.ents]
+
+
+def link_texts(nlp, texts: list[str], batch_size: int = 256):
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise InputError(f"text {i}: expected a string, got {type(t).__name__}")
+    yield from nlp.pipe(texts, batch_size=batch_size)
+
+
+def read_lines(path: Path) -> list[str]:
+    from pipelines.readers import open_text
+
+    with open_text(path) as fh:
+        return [line.rstrip("\n") for line in fh if line.strip()]

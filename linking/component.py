@@ -1,0 +1,150 @@
+"""The spaCy ``kg_linker`` component: alias mentions → ranked KG candidates → ``doc.ents``.
+
+Registered through the ``spacy_factories`` entry point, so ``spacy.load(path)`` finds it without
+importing this package first. Data is serialised with ``to_disk``/``from_disk`` as Parquet, JSON
+and ``.npy`` (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from spacy.language import Language
+from spacy.tokens import Doc, Span
+from spacy.util import filter_spans
+
+from linking.aliases import AliasTable
+from linking.candidates import ChainedGenerator, ExactAliasGenerator, TfidfCharGenerator, candidates_from_rows
+from linking.disambiguation import DisambiguationWeights, Ranked, prior_scores, rank
+from linking.matcher import AliasMatcher
+from pipelines.errors import ArtifactError, InputError
+
+for _name, _default in (("kg_score", None), ("kg_candidates", None)):
+    if not Span.has_extension(_name):
+        Span.set_extension(_name, default=_default)
+
+
+@Language.factory(
+    "kg_linker",
+    default_config={"top_k": 5, "min_score": 0.0, "use_ner_spans": False,
+                    "weights": {"string": 0.6, "prior": 0.15, "coherence": 0.25}},
+)
+def make_kg_linker(nlp: Language, name: str, top_k: int, min_score: float, use_ner_spans: bool,
+                   weights: dict[str, float]) -> "KGLinker":
+    if top_k <= 0:
+        raise InputError(f"[components.{name}] top_k must be > 0, got {top_k}")
+    return KGLinker(nlp, name, top_k=top_k, min_score=min_score, use_ner_spans=use_ner_spans,
+                    weights=DisambiguationWeights(**weights))
+
+
+class KGLinker:
+    def __init__(self, nlp: Language, name: str = "kg_linker", *, top_k: int = 5, min_score: float = 0.0,
+                 use_ner_spans: bool = False, weights: DisambiguationWeights = DisambiguationWeights()):
+        self.name = name
+        self.top_k = top_k
+        self.min_score = min_score
+        self.use_ner_spans = use_ner_spans
+        self.weights = weights
+        self.table: AliasTable | None = None
+        self.entity_ids: list[str] = []
+        self.entity_types: list[str] = []
+        self.prior = np.zeros(1, dtype=np.float32)
+        self.vectors: np.ndarray | None = None
+        self._matcher: AliasMatcher | None = None
+        self._exact: ExactAliasGenerator | None = None
+        self._tfidf: TfidfCharGenerator | None = None
+        self._saved_dir: Path | None = None  # where from_disk found the TF-IDF vocabulary
+
+    # -- building -----------------------------------------------------------------------------
+    def initialize_kb(self, table: AliasTable, entity_ids: list[str], entity_types: list[str],
+                      priors: np.ndarray, vectors: np.ndarray | None = None) -> None:
+        """``entity_ids[i]``/``entity_types[i]``/``priors[i]`` describe KG index ``i + 1``."""
+        if len(table) == 0:
+            raise InputError("cannot build a linker over an empty knowledge base (no usable aliases)")
+        self.table = table
+        self.entity_ids = list(entity_ids)
+        self.entity_types = list(entity_types)
+        self.prior = np.concatenate([[0.0], prior_scores(np.asarray(priors))]).astype(np.float32)
+        if vectors is not None and len(vectors) != len(entity_ids) + 1:
+            raise ArtifactError(f"{len(vectors)} entity vectors for {len(entity_ids)} entities (+1 padding row)")
+        self.vectors = vectors
+        self._matcher = AliasMatcher(table)
+        self._exact = ExactAliasGenerator(table)
+        self._tfidf = None
+
+    def _require(self) -> AliasTable:
+        if self.table is None:
+            raise ArtifactError(f"the {self.name} component has no knowledge base: build it with `kalora linker`")
+        return self.table
+
+    # -- linking ------------------------------------------------------------------------------
+    def __call__(self, doc: Doc) -> Doc:
+        table = self._require()
+        if self.use_ner_spans and doc.ents:
+            spans = list(doc.ents)
+            cands = self.candidates([s.text for s in spans], self.top_k)
+        else:
+            tokens = [(t.text, t.idx, t.idx + len(t.text)) for t in doc]
+            found = self._matcher.find(doc.text, tokens)
+            spans = [doc[s:e] for s, e, _ in found]
+            cands = [candidates_from_rows(table, rows, self.top_k) for _, _, rows in found]
+        ranked = rank(cands, self.prior, self.vectors, self.weights)
+        linked = []
+        for span, options in zip(spans, ranked):
+            if not options or options[0].score < self.min_score:
+                continue
+            best = options[0]
+            ent = Span(doc, span.start, span.end, label=self.entity_types[best.entity_index - 1],
+                       kb_id=self.entity_ids[best.entity_index - 1])
+            ent._.kg_score = round(best.score, 4)
+            ent._.kg_candidates = [(self.entity_ids[r.entity_index - 1], round(r.score, 4)) for r in options[: self.top_k]]
+            linked.append(ent)
+        doc.ents = filter_spans(linked)
+        return doc
+
+    def candidates(self, mentions: list[str], k: int) -> list[list[Ranked]]:
+        """Rank candidates for bare mentions (no context): exact alias hits, then TF-IDF neighbours."""
+        table = self._require()
+        if self._tfidf is None:
+            saved = self._saved_dir is not None and (self._saved_dir / "tfidf_vocab.json").exists()
+            self._tfidf = TfidfCharGenerator.load(self._saved_dir, table) if saved else TfidfCharGenerator(table)
+        chained = ChainedGenerator(self._exact, self._tfidf)
+        return [rank([c], self.prior, None, self.weights)[0] for c in chained(mentions, k)]
+
+    # -- serialisation ------------------------------------------------------------------------
+    def to_disk(self, path: str | Path, *, exclude: tuple = ()) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        table = self._require()
+        pq.write_table(pa.table({"alias": table.alias, "alias_norm": table.alias_norm,
+                                 "entity_index": pa.array(table.entity_index, pa.int32()), "kind": table.kind}),
+                       path / "aliases.parquet")
+        pq.write_table(pa.table({"entity_id": self.entity_ids, "type": self.entity_types,
+                                 "prior": pa.array(self.prior[1:], pa.float32())}), path / "entities.parquet")
+        if self.vectors is not None:
+            np.save(path / "vectors.npy", self.vectors.astype(np.float32), allow_pickle=False)
+        if self._tfidf is None:
+            self._tfidf = TfidfCharGenerator(table)
+        self._tfidf.save(path)
+        (path / "kb.json").write_text(json.dumps({"aliases": len(table), "entities": len(self.entity_ids),
+                                                  "has_vectors": self.vectors is not None}))
+
+    def from_disk(self, path: str | Path, *, exclude: tuple = ()) -> "KGLinker":
+        path = Path(path)
+        if not (path / "aliases.parquet").exists():
+            raise ArtifactError(f"{path}: no aliases.parquet: the linker was saved without a knowledge base")
+        a = pq.read_table(path / "aliases.parquet")
+        e = pq.read_table(path / "entities.parquet")
+        table = AliasTable(a.column("alias").to_pylist(), a.column("alias_norm").to_pylist(),
+                           a.column("entity_index").to_numpy(), a.column("kind").to_pylist())
+        vectors = np.load(path / "vectors.npy", allow_pickle=False) if (path / "vectors.npy").exists() else None
+        self.initialize_kb(table, e.column("entity_id").to_pylist(), e.column("type").to_pylist(),
+                           np.zeros(e.num_rows), vectors)
+        self.prior = np.concatenate([[0.0], e.column("prior").to_numpy()]).astype(np.float32)
+        self._saved_dir = path  # the TF-IDF model is loaded on first use of candidates()
+        return self

@@ -1,0 +1,56 @@
+"""Longest-match alias detection over spaCy tokens, case- and punctuation-insensitive.
+
+Token texts are normalised like aliases (``normalize_alias``); punctuation-only tokens are skipped,
+so "café-au-lait spots", "Cafe au lait spots" and "CAFÉ AU LAIT SPOTS" all hit one alias. Aliases
+that are abbreviations or gene symbols must also match case-sensitively ("CAT" the gene, not "cat").
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from linking.aliases import AliasTable, is_case_sensitive
+from pipelines.normalize import normalize_alias
+
+_norm = lru_cache(maxsize=200_000)(normalize_alias)
+
+
+class AliasMatcher:
+    def __init__(self, table: AliasTable):
+        self.rows: dict[str, list[int]] = {}
+        self.prefixes: set[str] = set()
+        self.case_sensitive: list[bool] = [is_case_sensitive(a, k) for a, k in zip(table.alias, table.kind)]
+        self.table = table
+        for row, norm in enumerate(table.alias_norm):
+            self.rows.setdefault(norm, []).append(row)
+            words = norm.split(" ")
+            for i in range(1, len(words) + 1):
+                self.prefixes.add(" ".join(words[:i]))
+
+    def find(self, text: str, tokens: list[tuple[str, int, int]]) -> list[tuple[int, int, list[int]]]:
+        """``tokens``: (text, start_char, end_char). Returns (start_token, end_token, alias rows) for
+        non-overlapping longest matches, left to right."""
+        keyed = [(n, i) for i, (t, _, _) in enumerate(tokens) if (n := _norm(t))]
+        matches = []
+        pos = 0
+        while pos < len(keyed):
+            best: tuple[int, list[int]] | None = None
+            key = ""
+            for j in range(pos, len(keyed)):
+                key = keyed[j][0] if j == pos else f"{key} {keyed[j][0]}"
+                if key not in self.prefixes:
+                    break
+                rows = self.rows.get(key)
+                if rows:
+                    start_char, end_char = tokens[keyed[pos][1]][1], tokens[keyed[j][1]][2]
+                    surface = text[start_char:end_char]
+                    rows = [r for r in rows if not self.case_sensitive[r] or self.table.alias[r] == surface]
+                    if rows:
+                        best = (j, rows)
+            if best is None:
+                pos += 1
+                continue
+            j, rows = best
+            matches.append((keyed[pos][1], keyed[j][1] + 1, rows))
+            pos = j + 1
+        return matches
