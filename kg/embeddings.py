@@ -124,7 +124,8 @@ def train_embeddings(layout: ArtifactLayout, config: EmbeddingConfig = Embedding
              config.model, config.embedding_dim, len(train), len(entities.ids), config.num_epochs)
     with Timer() as train_timer:
         losses = loop.train(triples_factory=factory, num_epochs=config.num_epochs, batch_size=config.batch_size,
-                            use_tqdm=progress, use_tqdm_batch=False)
+                            use_tqdm=progress, use_tqdm_batch=False,
+                            pin_memory=torch.cuda.is_available())
     test = _to_pykeen(splits["test"])
     if config.eval_max_triples is not None and len(test) > config.eval_max_triples:
         pick = np.random.default_rng(config.seed).choice(len(test), config.eval_max_triples, replace=False)

@@ -61,6 +61,8 @@ def detect_format(path: Path) -> str:
 def resolve_formats(sources: list[Path], fmt: str | None) -> list[tuple[Path, str]]:
     if not sources:
         raise InputError("no input files given")
+    for p in sources:
+        check_readable(p)
     if fmt is None:
         formats = [detect_format(p) for p in sources]
     else:
@@ -71,7 +73,7 @@ def resolve_formats(sources: list[Path], fmt: str | None) -> list[tuple[Path, st
     for f in formats:
         if f not in FORMATS:
             raise InputError(f"unknown format {f!r}: expected one of {', '.join(FORMATS)}")
-    pairs = [(check_readable(p), f) for p, f in zip(sources, formats)]
+    pairs = list(zip(sources, formats))
     return sorted(pairs, key=lambda pf: _ORDER[pf[1]])
 
 

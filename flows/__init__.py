@@ -1,0 +1,1 @@
+"""Prefect flows and the ``kalora`` command line; nothing imports this package."""

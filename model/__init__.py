@@ -1,0 +1,1 @@
+"""KALoRA on transformers + peft: shard reader, knowledge modules, trainer."""
