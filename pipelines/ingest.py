@@ -47,7 +47,7 @@ def detect_format(path: Path) -> str:
         name = name.removesuffix(suffix)
     if name.endswith(".obo"):
         return "obo"
-    if name.endswith(".hpoa") or name.startswith("genes_to_phenotype"):
+    if name.endswith(".hpoa") or "genes_to_phenotype" in name:
         return "hpoa"
     if name.endswith(".rrf"):
         return "umls"
@@ -55,7 +55,29 @@ def detect_format(path: Path) -> str:
         return "wikidata"
     if name.endswith((".tsv", ".csv")):
         return "triples"
+    sniffed = _sniff(path)
+    if sniffed:
+        return sniffed
     raise InputError(f"{path}: cannot tell the format from the name; pass --format one of {', '.join(FORMATS)}")
+
+
+def _sniff(path: Path) -> str | None:
+    """Guess from the first lines when the name says nothing."""
+    from pipelines.readers import open_text
+
+    try:
+        with open_text(path) as fh:
+            head = [fh.readline() for _ in range(8)]
+    except (UnicodeDecodeError, OSError, EOFError):
+        return None
+    first = next((h.strip() for h in head if h.strip()), "")
+    if first.startswith(("format-version:", "[Term]")):
+        return "obo"
+    if first == "[" or first.startswith('{"type"'):
+        return "wikidata"
+    if any("hpo_id" in h for h in head):
+        return "hpoa"
+    return None
 
 
 def resolve_formats(sources: list[Path], fmt: str | None) -> list[tuple[Path, str]]:
