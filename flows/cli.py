@@ -201,7 +201,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(verbose: bool) -> None:
+    import warnings
+
     from rich.logging import RichHandler
+
+    # PyKEEN's loader asks for pinned memory even on CPU-only machines; nothing to act on.
+    warnings.filterwarnings("ignore", message="'pin_memory' argument is set as true")
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", datefmt="[%X]",
                         handlers=[RichHandler(show_path=False, rich_tracebacks=False)])

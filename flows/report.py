@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from flows.config import BuildConfig
@@ -13,10 +14,8 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str
     for stage, entry in results.items():
         counts = entry.get("counts", {})
         metrics = entry.get("metrics", {})
-        shown = ", ".join(f"{k}={v}" for k, v in counts.items() if isinstance(v, int) and not k.startswith("dropped"))
-        m = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-                      for k, v in metrics.items() if k in ("mrr", "hits_at_10", "gate_mean_linked_tokens")
-                      or k == "last" and False)
+        shown = ", ".join(f"{k}={v}" for k, v in counts.items() if isinstance(v, int))
+        m = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if k in ("mrr", "hits_at_10"))
         if stage == "train":
             m = f"knowledge_loss {metrics['first']['knowledge_loss']:.3f}→{metrics['last']['knowledge_loss']:.3f}"
         wall = entry.get("wall_time_s")
@@ -40,5 +39,5 @@ def print_report(cfg: BuildConfig, results: dict[str, dict[str, Any]]) -> None:
     for stage, entry in results.items():
         for key, value in entry.get("outputs", {}).items():
             if key != "embedding_version":
-                console.print(f"  {stage:<8} {key:<12} {value}")
-    console.print(f"  manifest          {layout.manifest}")
+                console.print(f"  {stage:<8} {key:<12} {Path(value).resolve()}")
+    console.print(f"  manifest              {layout.manifest.resolve()}")

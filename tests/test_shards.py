@@ -105,3 +105,22 @@ def test_reader_refuses_tampered_unknown_or_mismatched_shards(tiny_build, tmp_pa
     (shards / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="schema version 99"):
         read_shard_manifest(shards, verify_checksums=False)
+
+
+def test_held_out_facts_never_reach_training_rows(tiny_build):
+    """Knowledge rows come from the KG train/valid split; alignment prompts from the test split,
+    divided into train/valid by fact, so alignment-valid facts are trained on by no stage."""
+    import numpy as np
+
+    from kg.splits import read_splits
+
+    splits = read_splits(tiny_build)
+    test_facts = set(map(tuple, splits["test"].tolist()))
+    know = pq.read_table(tiny_build.shards / "knowledge").to_pylist()
+    assert not test_facts & {(r["head_index"], r["relation_index"], r["tail_index"]) for r in know}
+    align = pq.read_table(tiny_build.shards / "alignment").to_pylist()
+    by_split = {}
+    for r in align:
+        by_split.setdefault(r["split"], set()).add((r["prompt_spans"][0]["entity_index"], r["chosen_spans"][0]["entity_index"]))
+    assert not by_split.get("train", set()) & by_split.get("valid", set())
+    assert np.isin([h for h, _ in set().union(*by_split.values())], splits["test"][:, 0]).all()
