@@ -122,6 +122,25 @@ def cmd_train(args) -> dict:
                         progress=True)
 
 
+class _UserErrorTracebackFilter(logging.Filter):
+    """Prefect logs every failed run with its traceback; for a user error the one-line message is
+    the whole story (the CLI prints it once more on exit), so drop the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KaloraError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _quiet_user_error_tracebacks() -> None:
+    names = ["", *[n for n in logging.root.manager.loggerDict if n.startswith("prefect")]]
+    for name in names:
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _UserErrorTracebackFilter) for f in handler.filters):
+                handler.addFilter(_UserErrorTracebackFilter())
+
+
 def cmd_run(args) -> dict:
     from flows.config import load_build_config
 
@@ -129,6 +148,8 @@ def cmd_run(args) -> dict:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.build import build_kg
     from flows.report import print_report
+
+    _quiet_user_error_tracebacks()
 
     results = build_kg(args.config, args.root)
     print_report(cfg, results)

@@ -65,3 +65,24 @@ def test_cli_link_and_candidates_on_built_kg(hpo_slice, tmp_path):
     assert rows[0]["mention"] == "catarct" and rows[0]["candidates"][0]["entity_id"] == "HP:0000518"
     assert rows[1]["candidates"][0]["entity_id"] == "HP:0000639"
     assert len(rows[0]["candidates"]) == 3
+
+
+def test_user_error_inside_the_flow_exits_2_without_traceback(tmp_path, data_dir):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "a seizure"}\nnot json\n')
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(f"""
+name: t
+root: {tmp_path / 'artifacts'}
+sources: [{data_dir / 'tiny.obo'}, {data_dir / 'tiny.hpoa'}]
+corpus: {corpus}
+embed: {{embedding_dim: 8, num_epochs: 1, batch_size: 8}}
+""")
+    r = run_cli("run", str(cfg))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stdout + r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(f"kalora: error: {corpus}:2: not a JSON object")
+    # the stages before the failure are published and recorded; the failed one is not
+    manifest = json.loads((tmp_path / "artifacts" / "t" / "manifest.json").read_text())
+    assert "linker" in manifest["stages"] and "shards" not in manifest["stages"]
+    assert not (tmp_path / "artifacts" / "t" / "shards").exists()
