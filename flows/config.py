@@ -44,8 +44,7 @@ class BuildConfig:
         return self
 
 
-_SECTIONS = {"ingest": IngestOptions, "embed": EmbeddingConfig, "shards": ShardConfig, "model": ModelConfig,
-             "stage1": StageConfig}
+_SECTIONS = {"ingest": IngestOptions, "shards": ShardConfig, "model": ModelConfig, "stage1": StageConfig}
 
 
 def build_config_from_dict(data: dict[str, Any], where: str = "config") -> BuildConfig:
@@ -57,7 +56,9 @@ def build_config_from_dict(data: dict[str, Any], where: str = "config") -> Build
         raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
-        if key in _SECTIONS:
+        if key == "embed":  # per-model tuned defaults fill what the section leaves out
+            kwargs[key] = EmbeddingConfig.from_dict(value, f"{where} -> embed")
+        elif key in _SECTIONS:
             kwargs[key] = from_dict(_SECTIONS[key], value, f"{where} -> {key}")
         elif key in ("sources", "preferences"):
             kwargs[key] = tuple([value] if isinstance(value, str) else value or ())

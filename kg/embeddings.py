@@ -2,7 +2,8 @@
 
 Exports follow ARCHITECTURE.md: ``embeddings/<model>/{entities,relations}.parquet`` (vectors as
 ``fixed_size_list<float32>``), ``.npy`` twins whose row *i* is index *i* (row 0: zero padding),
-the model state dict as safetensors (never a pickle), ``metrics.json`` and a loss plot.
+the model state dict as safetensors (never a pickle), ``metrics.json`` and a plot of training
+loss and validation MRR per epoch (``training.png``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,28 +20,38 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from kg.config import EmbeddingConfig
+from kg.config import EmbeddingConfig, TransEConfig
 from kg.evaluate import filtered_rank_metrics
 from kg.ids import IdMap, load_entity_map, load_relation_map, mapped_triples
-from kg.splits import SplitConfig, read_splits, split_triples, write_splits
+from kg.splits import SplitConfig, k_core_triples, read_splits, split_triples, write_splits
 from kg.stats import graph_stats
+from kg.training import train_model
 from pipelines.artifacts import ArtifactLayout, Timer, atomic_write_json, record_stage, staged_dir
+from pipelines.errors import KaloraError
 
 log = logging.getLogger(__name__)
 
-PYKEEN_MODELS = {"transe": "TransE", "complex": "ComplEx"}
+
+class TrainingInterrupted(KaloraError):
+    """Training stopped before its last epoch; the checkpoint lets the next run resume."""
 
 
 def ensure_splits(layout: ArtifactLayout, config: SplitConfig = SplitConfig()) -> dict[str, np.ndarray]:
-    if (layout.splits / "test.parquet").exists():
+    """The split of this KG for ``config``; reused when ``kg/splits`` was made with the same config."""
+    meta_path = layout.splits / "split.json"
+    if meta_path.exists() and json.loads(meta_path.read_text()) == json.loads(json.dumps(vars(config))):
         return read_splits(layout)
     triples = mapped_triples(layout)
+    before = len(triples)
+    if config.k_core > 0:
+        triples = k_core_triples(triples, config.k_core)
     splits = split_triples(triples, config)
-    write_splits(layout, splits)
+    write_splits(layout, splits, vars(config))
     rel_labels = dict(zip(*[pq.read_table(layout.relations).column(c).to_pylist() for c in ("index", "label")]))
     stats = graph_stats(triples, rel_labels)
     atomic_write_json(layout.kg / "stats.json", stats)
-    record_stage(layout, "splits", parameters=vars(config), counts={k: len(v) for k, v in splits.items()},
+    record_stage(layout, "splits", parameters=vars(config),
+                 counts={**{k: len(v) for k, v in splits.items()}, "removed_by_k_core": before - len(triples)},
                  metrics={"components": stats["components"]["count"], "largest_component": stats["components"]["largest"]})
     return splits
 
@@ -47,17 +59,6 @@ def ensure_splits(layout: ArtifactLayout, config: SplitConfig = SplitConfig()) -
 def _to_pykeen(arr: np.ndarray) -> torch.Tensor:
     # Our indices start at 1 (0 is padding); PyKEEN's start at 0.
     return torch.as_tensor(arr.astype(np.int64) - 1)
-
-
-def _build_model(config: EmbeddingConfig, factory):
-    from pykeen.models import model_resolver
-
-    kwargs: dict[str, Any] = {"embedding_dim": config.embedding_dim, "random_seed": config.seed}
-    if config.loss is not None:
-        kwargs["loss"] = config.loss
-    if config.model == "complex" and config.regularizer_weight > 0:
-        kwargs["entity_representations_kwargs"] = {"regularizer": "lp", "regularizer_kwargs": {"p": 3.0, "weight": config.regularizer_weight}}
-    return model_resolver.make(PYKEEN_MODELS[config.model], triples_factory=factory, **kwargs)
 
 
 def _vectors(representation) -> np.ndarray:
@@ -89,63 +90,86 @@ def embedding_version(vectors: np.ndarray, config: EmbeddingConfig) -> str:
     return f"{config.model}-{h.hexdigest()[:16]}"
 
 
-def _plot_losses(losses: list[float], path: Path) -> None:
+def _plot(losses: list[float], validation: list[dict[str, float]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot(range(1, len(losses) + 1), losses, marker="o")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(1, len(losses) + 1), losses, color="tab:blue")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss")
+    ax.set_ylabel("training loss", color="tab:blue")
+    if validation:
+        ax2 = ax.twinx()
+        ax2.plot([v["epoch"] for v in validation], [v["mrr"] for v in validation], marker="o", color="tab:red")
+        ax2.set_ylabel("validation MRR", color="tab:red")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def train_embeddings(layout: ArtifactLayout, config: EmbeddingConfig = EmbeddingConfig(),
-                     *, progress: bool = True) -> dict[str, Any]:
-    """Train, evaluate (filtered MRR, Hits@k) and export one embedding model; return the manifest entry."""
-    from pykeen.training import SLCWATrainingLoop
+def _sample(arr: torch.Tensor, limit: int | None, seed: int) -> torch.Tensor:
+    if limit is None or len(arr) <= limit:
+        return arr
+    return arr[np.sort(np.random.default_rng(seed).choice(len(arr), limit, replace=False))]
+
+
+def train_embeddings(layout: ArtifactLayout, config: EmbeddingConfig | None = None, *, progress: bool = True,
+                     split_config: SplitConfig = SplitConfig(), stop_after_epochs: int | None = None) -> dict[str, Any]:
+    """Train (early stopping, resumable), evaluate (filtered MRR, Hits@k) and export one embedding
+    model; return the manifest entry. ``stop_after_epochs`` simulates an interruption (tests)."""
     from pykeen.triples import CoreTriplesFactory
 
-    torch.manual_seed(config.seed)
+    config = config or TransEConfig()
     entities, relations = load_entity_map(layout), load_relation_map(layout)
-    splits = ensure_splits(layout)
+    splits = ensure_splits(layout, split_config)
     train = _to_pykeen(splits["train"])
-    factory = CoreTriplesFactory(train, num_entities=len(entities.ids), num_relations=len(relations.ids))
-    model = _build_model(config, factory)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate) if config.optimizer == "adam" \
-        else torch.optim.Adagrad(model.parameters(), lr=config.learning_rate)
-    loop = SLCWATrainingLoop(model=model, triples_factory=factory, optimizer=optimizer,
-                             negative_sampler="basic", negative_sampler_kwargs={"num_negs_per_pos": config.num_negs_per_pos})
-    log.info("training %s (dim %d) on %d triples, %d entities, %d epochs",
-             config.model, config.embedding_dim, len(train), len(entities.ids), config.num_epochs)
+    factory = CoreTriplesFactory(train, num_entities=len(entities.ids), num_relations=len(relations.ids),
+                                 create_inverse_triples=config.inverse_triples)
+    test, valid = _to_pykeen(splits["test"]), _to_pykeen(splits["valid"])
+    known = torch.cat([train, valid, test]).numpy()
+    checkpoint_dir = layout.base / "checkpoints" / f"embed-{config.model}"
+    log.info("training %s (dim %d, %s) on %d triples, %d entities, up to %d epochs", config.model,
+             config.embedding_dim, config.training_loop, len(train), len(entities.ids), config.num_epochs)
     with Timer() as train_timer:
-        losses = loop.train(triples_factory=factory, num_epochs=config.num_epochs, batch_size=config.batch_size,
-                            use_tqdm=progress, use_tqdm_batch=False,
-                            pin_memory=torch.cuda.is_available())
-    test = _to_pykeen(splits["test"])
-    if config.eval_max_triples is not None and len(test) > config.eval_max_triples:
-        pick = np.random.default_rng(config.seed).choice(len(test), config.eval_max_triples, replace=False)
-        test_eval = test[np.sort(pick)]
-    else:
-        test_eval = test
+        if config.engine == "lightning":
+            from kg.distributed import train_with_lightning
+            from kg.training import TrainingState
+
+            model = train_with_lightning(config, factory, valid, test)
+            state = TrainingState(epoch=config.num_epochs)
+            run = {"finished": True, "batch_size": config.batch_size, "estimated_bytes": None}
+        else:
+            model, state, run = train_model(config, factory, valid.numpy(), known, len(relations.ids), checkpoint_dir,
+                                            progress=progress, stop_after_epochs=stop_after_epochs)
+    if not run["finished"]:
+        raise TrainingInterrupted(f"stopped after epoch {state.epoch} of {config.num_epochs}; "
+                                  f"run again to resume from {checkpoint_dir}")
+    test_eval = _sample(test, config.eval_max_triples, config.seed)
     with Timer() as eval_timer:
-        known = torch.cat([train, _to_pykeen(splits["valid"]), test]).numpy()
         ranking = filtered_rank_metrics(model, test_eval.numpy(), known, len(relations.ids),
                                         batch_size=config.eval_batch_size)
     metrics = {
         **ranking,
         "evaluated_triples": int(len(test_eval)),
         "test_triples": int(len(test)),
+        "engine": config.engine,
+        "epochs": state.epoch,
+        "best_epoch": state.best_epoch or state.epoch,
+        "best_valid_mrr": state.best_mrr if state.best_mrr >= 0 else None,
+        "stopped_early": state.stopped_early,
+        "batch_size": run["batch_size"],
+        "memory_estimate_bytes": run["estimated_bytes"],
         "train_seconds": round(train_timer.seconds, 2),
         "eval_seconds": round(eval_timer.seconds, 2),
-        "losses": [float(x) for x in (losses or [])],
+        "losses": state.losses,
+        "validation": state.validation,
     }
     ent_vec = _vectors(model.entity_representations[0])
-    rel_vec = _vectors(model.relation_representations[0])
+    # with reciprocal relations PyKEEN interleaves forward (2r) and inverse (2r + 1) relations
+    rel_all = _vectors(model.relation_representations[0])
+    rel_vec = rel_all[0::2] if config.inverse_triples else rel_all
     version = embedding_version(ent_vec, config)
     out_dir = layout.embeddings(config.model)
     with staged_dir(out_dir) as tmp:
@@ -153,18 +177,20 @@ def train_embeddings(layout: ArtifactLayout, config: EmbeddingConfig = Embedding
         _write_vectors(tmp / "relations.parquet", relations, "relation_id", rel_vec)
         from safetensors.torch import save_file
 
-        state = {k: (torch.view_as_real(v) if v.is_complex() else v).contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"))
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
         meta = {"model": config.model, "embedding_version": version, "dim": int(ent_vec.shape[1]),
                 "complex_layout": "real_imag_concat" if config.model == "complex" else None,
                 "config": config.to_dict(), "metrics": metrics, "padding_index": 0}
         atomic_write_json(tmp / "metrics.json", meta)
-        _plot_losses(metrics["losses"], tmp / "loss.png")
-    log.info("%s filtered MRR %.3f Hits@10 %.3f on %d test triples", config.model, metrics["mrr"], metrics["hits_at_10"], len(test_eval))
+        _plot(metrics["losses"], metrics["validation"], tmp / "training.png")
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    log.info("%s filtered MRR %.3f Hits@10 %.3f on %d test triples", config.model, metrics["mrr"],
+             metrics["hits_at_10"], len(test_eval))
     return record_stage(layout, f"embed:{config.model}", parameters=config.to_dict(),
                         outputs={"embeddings": str(out_dir), "embedding_version": version},
-                        counts={"entities": len(entities.ids), "relations": len(relations.ids), "train_triples": len(train)},
-                        metrics={k: v for k, v in metrics.items() if k != "losses"},
+                        counts={"entities": len(entities.ids), "relations": len(relations.ids),
+                                "train_triples": len(train)},
+                        metrics={k: v for k, v in metrics.items() if k not in ("losses", "validation")},
                         wall_time_s=train_timer.seconds + eval_timer.seconds)
 
 

@@ -53,7 +53,8 @@ def _side_ranks(score_fn, queries: torch.Tensor, targets: np.ndarray, known: Ans
 
 def filtered_rank_metrics(model, test: np.ndarray, known: np.ndarray, num_relations: int,
                           batch_size: int = 256, ks: tuple[int, ...] = (1, 3, 10)) -> dict[str, float]:
-    """``test`` and ``known`` are (n, 3) arrays of 0-based (head, relation, tail) ids; ``known``
+    """``test`` and ``known`` are (n, 3) arrays of 0-based (head, relation, tail) ids (original
+    relations: PyKEEN's predict_* map them to inverse relations where the model uses those); ``known``
     holds every true triple (train + valid + test) used for filtering."""
     model.eval()
     h, r, t = (known[:, i].astype(np.int64) for i in range(3))
@@ -62,9 +63,9 @@ def filtered_rank_metrics(model, test: np.ndarray, known: np.ndarray, num_relati
     heads_of = AnswerIndex(t * num_relations + r, h)
     test = test.astype(np.int64)
     q = torch.as_tensor(test, dtype=torch.long)
-    tail_ranks = _side_ranks(model.score_t, q[:, :2], test[:, 2], tails_of,
+    tail_ranks = _side_ranks(model.predict_t, q[:, :2], test[:, 2], tails_of,
                              test[:, 0] * num_relations + test[:, 1], batch_size)
-    head_ranks = _side_ranks(model.score_h, q[:, 1:], test[:, 0], heads_of,
+    head_ranks = _side_ranks(model.predict_h, q[:, 1:], test[:, 0], heads_of,
                              test[:, 2] * num_relations + test[:, 1], batch_size)
     ranks = np.concatenate([head_ranks, tail_ranks])
     out = {"mrr": float(np.mean(1.0 / ranks)), "mean_rank": float(np.mean(ranks)), "num_entities": num_entities}

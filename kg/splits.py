@@ -18,6 +18,7 @@ class SplitConfig:
     valid_fraction: float = 0.05
     test_fraction: float = 0.05
     seed: int = 42
+    k_core: int = 0  # > 0: keep only the k-core (every entity in >= k triples) before splitting
 
     def __post_init__(self) -> None:
         for name in ("valid_fraction", "test_fraction"):
@@ -54,8 +55,26 @@ def split_triples(triples: np.ndarray, config: SplitConfig = SplitConfig()) -> d
     }
 
 
-def write_splits(layout: ArtifactLayout, splits: dict[str, np.ndarray]) -> None:
+def k_core_triples(triples: np.ndarray, k: int) -> np.ndarray:
+    """Iteratively drop triples touching an entity of degree < k (the graph's k-core), the usual
+    cut for graphs too large or too sparse to embed whole."""
+    keep = np.ones(len(triples), dtype=bool)
+    while True:
+        ents = triples[keep][:, [0, 2]].ravel()
+        degree = np.bincount(ents, minlength=int(triples[:, [0, 2]].max()) + 1 if len(triples) else 1)
+        weak = degree < k
+        drop = keep & (weak[triples[:, 0]] | weak[triples[:, 2]])
+        if not drop.any():
+            return triples[keep]
+        keep &= ~drop
+
+
+def write_splits(layout: ArtifactLayout, splits: dict[str, np.ndarray], config: dict | None = None) -> None:
+    from pipelines.artifacts import atomic_write_json
+
     with staged_dir(layout.splits) as tmp:
+        if config is not None:
+            atomic_write_json(tmp / "split.json", config)
         for name, arr in splits.items():
             table = pa.table(
                 {c: pa.array(arr[:, i], pa.int32()) for i, c in enumerate(schema.SPLIT.names)}, schema=schema.SPLIT

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -144,32 +144,37 @@ def knowledge_rows(splits: dict[str, np.ndarray], labels: list[str], rel_ids: li
 
 
 # -- joint ------------------------------------------------------------------------------------
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line; a bad line raises naming file and line."""
+    from pipelines.readers import open_text
+
+    with open_text(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DumpParseError(path, lineno, f"not valid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict):
+                raise DumpParseError(path, lineno, "expected a JSON object per line")
+            yield lineno, obj
+
+
 def read_corpus(path: Path, text_column: str = "text") -> tuple[list[str], list[str], list[str | None], list[str | None]]:
     """JSONL or Parquet with a text column and optional doc_id/target/label; errors name file and line."""
-    from pipelines.readers import check_readable, open_text
+    from pipelines.readers import check_readable
 
     check_readable(path)
     if path.suffix == ".parquet":
         table = pq.read_table(path)
         if text_column not in table.column_names:
             raise InputError(f"{path}: no column {text_column!r}; found {table.column_names}")
-        rows = table.to_pylist()
-        start = 1
+        rows = list(enumerate(table.to_pylist(), 1))  # row numbers stand in for line numbers
     else:
-        rows = []
-        with open_text(path) as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DumpParseError(path, lineno, f"not a JSON object ({exc.msg})") from None
-                if not isinstance(rows[-1], dict):
-                    raise DumpParseError(path, lineno, "expected a JSON object per line")
-        start = 1
+        rows = list(iter_jsonl(path))
     texts, ids, targets, labels = [], [], [], []
-    for i, row in enumerate(rows, start):
+    for i, row in rows:
         text = row.get(text_column)
         if not isinstance(text, str):
             raise DumpParseError(path, i, f"field {text_column!r}: expected a string, got {type(text).__name__}")
@@ -241,25 +246,14 @@ def kg_preference_rows(held_out: np.ndarray, all_triples: np.ndarray, labels: li
 
 def read_preferences(path: Path) -> list[dict[str, str]]:
     """User preference JSONL: one {"prompt", "chosen", "rejected"} object per line, validated row by row."""
-    from pipelines.readers import open_text
-
     rows = []
-    with open_text(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DumpParseError(path, lineno, f"not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise DumpParseError(path, lineno, "expected a JSON object with prompt, chosen, rejected")
-            for field in ("prompt", "chosen", "rejected"):
-                if not isinstance(obj.get(field), str) or not obj[field].strip():
-                    raise DumpParseError(path, lineno, f"field {field!r}: expected a non-empty string")
-            if obj["chosen"] == obj["rejected"]:
-                raise DumpParseError(path, lineno, "chosen and rejected are identical")
-            rows.append(obj)
+    for lineno, obj in iter_jsonl(path):
+        for field in ("prompt", "chosen", "rejected"):
+            if not isinstance(obj.get(field), str) or not obj[field].strip():
+                raise DumpParseError(path, lineno, f"field {field!r}: expected a non-empty string")
+        if obj["chosen"] == obj["rejected"]:
+            raise DumpParseError(path, lineno, "chosen and rejected are identical")
+        rows.append(obj)
     return rows
 
 

@@ -21,7 +21,8 @@ name: hpo-eye
 root: {root / 'artifacts'}
 sources: [hpo]
 ingest: {{root_term: "HP:0000478"}}
-embed: {{num_epochs: 3, embedding_dim: 32, eval_max_triples: 500}}
+embed: {{model: transe, training_loop: slcwa, inverse_triples: false, loss: null, optimizer: adam,
+        learning_rate: 0.01, num_epochs: 3, embedding_dim: 32, batch_size: 4096, eval_every: 0, eval_max_triples: 500}}
 shards: {{max_alignment_pairs: 500}}
 stage1: {{max_steps: 10, batch_size: 8}}
 """)
@@ -76,12 +77,12 @@ name: t
 root: {tmp_path / 'artifacts'}
 sources: [{data_dir / 'tiny.obo'}, {data_dir / 'tiny.hpoa'}]
 corpus: {corpus}
-embed: {{embedding_dim: 8, num_epochs: 1, batch_size: 8}}
+embed: {{embedding_dim: 8, num_epochs: 1, batch_size: 8, eval_every: 0}}
 """)
     r = run_cli("run", str(cfg))
     assert r.returncode == 2
     assert "Traceback" not in r.stdout + r.stderr
-    assert r.stderr.strip().splitlines()[-1].startswith(f"kalora: error: {corpus}:2: not a JSON object")
+    assert r.stderr.strip().splitlines()[-1].startswith(f"kalora: error: {corpus}:2: not valid JSON")
     # the stages before the failure are published and recorded; the failed one is not
     manifest = json.loads((tmp_path / "artifacts" / "t" / "manifest.json").read_text())
     assert "linker" in manifest["stages"] and "shards" not in manifest["stages"]

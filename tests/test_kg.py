@@ -36,7 +36,7 @@ def test_split_config_rejects_bad_fraction():
 def test_embedding_config_rejects_unknown_keys_and_models():
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['epochs'\]"):
         EmbeddingConfig.from_dict({"epochs": 3})
-    with pytest.raises(ConfigError, match="unknown model 'rotate'"):
+    with pytest.raises(ConfigError, match=r"\[embed -> model\] unknown model: expected one of transe, complex, got 'rotate'"):
         EmbeddingConfig(model="rotate")
 
 
@@ -82,7 +82,7 @@ def test_embedding_export(tiny_build):
     vtype = ents.schema.field("vector").type
     assert pa.types.is_fixed_size_list(vtype) and vtype.list_size == 8 and vtype.value_type == pa.float32()
     assert 0 < meta["metrics"]["mrr"] <= 1 and meta["metrics"]["evaluated_triples"] > 0
-    assert (out / "loss.png").stat().st_size > 0
+    assert (out / "training.png").stat().st_size > 0
     from safetensors.torch import load_file
 
     state = load_file(str(out / "model.safetensors"))
@@ -100,3 +100,90 @@ def test_complex_export_concatenates_real_and_imaginary(tiny_build, tmp_path):
     train_embeddings(layout, EmbeddingConfig(model="complex", embedding_dim=4, num_epochs=1, batch_size=8), progress=False)
     meta = json.loads((layout.embeddings("complex") / "metrics.json").read_text())
     assert meta["dim"] == 8 and meta["complex_layout"] == "real_imag_concat"
+
+
+def _copy_kg(src, tmp_path):
+    import shutil
+
+    from pipelines.artifacts import ArtifactLayout
+
+    layout = ArtifactLayout(tmp_path, "tiny")
+    shutil.copytree(src.kg, layout.kg)
+    return layout
+
+
+def test_per_model_configs_carry_tuned_defaults():
+    from kg.config import ComplExConfig, TransEConfig
+
+    assert isinstance(EmbeddingConfig.from_dict({"model": "complex"}), ComplExConfig)
+    cfg = EmbeddingConfig.from_dict({"model": "transe", "num_epochs": 7})
+    assert isinstance(cfg, TransEConfig) and cfg.num_epochs == 7 and cfg.training_loop == "lcwa"
+    with pytest.raises(ConfigError, match=r"\[embed -> engine\]"):
+        EmbeddingConfig(engine="spark")
+
+
+def test_interrupted_training_resumes_to_the_same_state(tiny_build, tmp_path):
+    from kg.config import ComplExConfig
+    from kg.embeddings import TrainingInterrupted, train_embeddings
+
+    cfg = ComplExConfig(embedding_dim=8, num_epochs=6, batch_size=4, eval_every=2, patience=10, eval_max_triples=None)
+    whole = _copy_kg(tiny_build, tmp_path / "a")
+    train_embeddings(whole, cfg, progress=False)
+    resumed = _copy_kg(tiny_build, tmp_path / "b")
+    with pytest.raises(TrainingInterrupted, match="stopped after epoch 3 of 6"):
+        train_embeddings(resumed, cfg, progress=False, stop_after_epochs=3)
+    assert (resumed.base / "checkpoints" / "embed-complex" / "state.safetensors").exists()
+    assert not resumed.embeddings("complex").exists(), "nothing is published before training completes"
+    train_embeddings(resumed, cfg, progress=False)
+    a = np.load(whole.embeddings("complex") / "entities.npy")
+    b = np.load(resumed.embeddings("complex") / "entities.npy")
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    meta = json.loads((resumed.embeddings("complex") / "metrics.json").read_text())["metrics"]
+    assert [v["epoch"] for v in meta["validation"]] == [2, 4, 6]
+    assert not (resumed.base / "checkpoints" / "embed-complex").exists()
+    assert (resumed.embeddings("complex") / "training.png").stat().st_size > 0
+
+
+def test_early_stopping_restores_the_best_epoch(tiny_build, tmp_path):
+    from kg.config import TransEConfig
+    from kg.embeddings import train_embeddings
+
+    layout = _copy_kg(tiny_build, tmp_path)
+    cfg = TransEConfig(embedding_dim=8, num_epochs=200, batch_size=4, eval_every=1, patience=2, learning_rate=1.0)
+    metrics = train_embeddings(layout, cfg, progress=False)["metrics"]
+    assert metrics["stopped_early"] and metrics["epochs"] < 200
+    assert metrics["best_epoch"] == metrics["epochs"] - 2
+
+
+def test_memory_estimate_refuses_unless_forced():
+    from kg.config import ComplExConfig
+    from kg.training import check_memory, choose_batch_size, estimate_memory_bytes
+
+    cfg = ComplExConfig(memory_fraction=1e-9)
+    with pytest.raises(ConfigError, match=r"needs about .* GiB but .* GiB is available"):
+        check_memory(cfg, 10_000, 10, 256)
+    assert check_memory(ComplExConfig(memory_fraction=1e-9, force=True), 10_000, 10, 256)["estimated_bytes"] > 0
+    auto = ComplExConfig(batch_size=None)
+    budget = estimate_memory_bytes(auto, 50_000, 10, 64) + 1
+    size = choose_batch_size(auto, 50_000, 10, budget)
+    assert size == 64
+
+
+def test_k_core_drops_weakly_connected_entities():
+    from kg.splits import k_core_triples
+
+    triples = np.array([[1, 1, 2], [2, 1, 3], [3, 1, 1], [3, 1, 4], [4, 2, 5]])
+    core = k_core_triples(triples, 2)
+    assert sorted(map(tuple, core.tolist())) == [(1, 1, 2), (2, 1, 3), (3, 1, 1)]
+
+
+def test_lightning_engine_on_cpu(tiny_build, tmp_path):
+    pytest.importorskip("pytorch_lightning")
+    from kg.embeddings import train_embeddings
+
+    layout = _copy_kg(tiny_build, tmp_path)
+    cfg = EmbeddingConfig(engine="lightning", accelerator="cpu", embedding_dim=8, num_epochs=2, batch_size=8,
+                          eval_max_triples=None)
+    entry = train_embeddings(layout, cfg, progress=False)
+    assert entry["metrics"]["engine"] == "lightning" and 0 < entry["metrics"]["mrr"] <= 1
+    assert np.load(layout.embeddings("transe") / "entities.npy").shape[1] == 8
