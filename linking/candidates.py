@@ -3,7 +3,8 @@
 - :class:`ExactAliasGenerator`: normalised alias lookup (case/punctuation/accent-insensitive).
 - :class:`TfidfCharGenerator`: character 3-gram TF-IDF cosine over the unique aliases (the
   approach of scispaCy's candidate generator), exact sparse search.
-- :class:`ChainedGenerator`: exact hits first, then fuzzy ones to fill up to ``k``.
+- :class:`DenseNameGenerator`: sentence embeddings of names (e.g. all-MiniLM-L6-v2), served by FAISS.
+- :class:`HybridGenerator`: exact hits first, then the fuzzy generators' candidates, score-fused.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from linking.aliases import KIND_WEIGHTS, DEFAULT_KIND_WEIGHT, AliasTable
 from pipelines.errors import InputError
-from pipelines.normalize import normalize_alias
+from pipelines.normalize import normalize_alias, variant_key
 
 
 @dataclass(frozen=True)
@@ -53,15 +54,91 @@ def candidates_from_rows(table: AliasTable, rows: list[int], k: int) -> list[Can
 
 
 class ExactAliasGenerator:
+    """Normalised alias lookup; when nothing matches, the looser ``variant_key`` (singular forms,
+    American spelling) is tried, its hits scored a notch below exact ones."""
+
+    VARIANT_DISCOUNT = 0.95
+
     def __init__(self, table: AliasTable):
         self.by_norm: dict[str, list[int]] = {}
+        self.by_variant: dict[str, list[int]] = {}
         for row, norm in enumerate(table.alias_norm):
             self.by_norm.setdefault(norm, []).append(row)
+            self.by_variant.setdefault(variant_key(norm), []).append(row)
         self.table = table
 
     def __call__(self, mentions: list[str], k: int) -> list[list[Candidate]]:
-        return [candidates_from_rows(self.table, self.by_norm.get(normalize_alias(m), []), k)
-                for m in _check_mentions(mentions)]
+        out = []
+        for mention in _check_mentions(mentions):
+            norm = normalize_alias(mention)
+            found = candidates_from_rows(self.table, self.by_norm.get(norm, []), k)
+            if not found:
+                found = [Candidate(c.entity_index, c.score * self.VARIANT_DISCOUNT, c.alias, c.kind)
+                         for c in candidates_from_rows(self.table, self.by_variant.get(variant_key(norm), []), k)]
+            out.append(found)
+        return out
+
+
+def _unique_norms(table: AliasTable):
+    """Unique normalised aliases and, for each, the alias-table rows that carry it."""
+    norms, inverse = np.unique(np.asarray(table.alias_norm, dtype=object), return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    starts = np.searchsorted(inverse[order], np.arange(len(norms)))
+    return norms, order, starts, np.append(starts[1:], len(order))
+
+
+def _best_per_entity(table: AliasTable, rows_of, scored_norms, k: int) -> list[Candidate]:
+    """Candidates from (unique-norm position, similarity) pairs, best alias per entity, top k."""
+    best: dict[int, Candidate] = {}
+    for u, score in scored_norms:
+        for r in rows_of(u):
+            ent = int(table.entity_index[r])
+            if ent not in best:
+                best[ent] = Candidate(ent, float(score), table.alias[r], table.kind[r])
+    return sorted(best.values(), key=lambda c: -c.score)[:k]
+
+
+class DenseNameGenerator:
+    """Sentence embeddings of alias names (a mean-pooled transformer encoder such as
+    all-MiniLM-L6-v2, loaded from a local directory), nearest neighbours served by FAISS."""
+
+    def __init__(self, table: AliasTable, model_path: str | Path, vectors: np.ndarray | None = None,
+                 batch_size: int = 256):
+        from transformers import AutoModel, AutoTokenizer
+
+        from linking.index import build_faiss
+
+        self.table = table
+        self.model_path = str(model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.model = AutoModel.from_pretrained(self.model_path).eval()
+        self.batch_size = batch_size
+        self.norms, self.rows_sorted, self.starts, self.ends = _unique_norms(table)
+        self.vectors = vectors if vectors is not None else self.encode(self.norms.tolist())
+        if len(self.vectors) != len(self.norms):
+            raise InputError(f"{len(self.vectors)} saved name vectors for {len(self.norms)} unique aliases: rebuild the linker")
+        self.index, self.index_params = build_faiss(self.vectors)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(texts), self.batch_size):
+                enc = self.tokenizer(texts[start:start + self.batch_size], padding=True, truncation=True,
+                                     max_length=32, return_tensors="pt")
+                hidden = self.model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 1), np.float32)
+
+    def __call__(self, mentions: list[str], k: int) -> list[list[Candidate]]:
+        mentions = _check_mentions(mentions)
+        scores, rows = self.index.search(self.encode([normalize_alias(m) for m in mentions]), 4 * k)
+        rows_of = lambda u: self.rows_sorted[self.starts[u]:self.ends[u]]  # noqa: E731
+        return [_best_per_entity(self.table, rows_of, [(u, s) for u, s in zip(r, sc) if u >= 0], k)
+                for r, sc in zip(rows, scores)]
 
 
 class TfidfCharGenerator:
@@ -71,11 +148,7 @@ class TfidfCharGenerator:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         self.table = table
-        self.norms, inverse = np.unique(np.asarray(table.alias_norm, dtype=object), return_inverse=True)
-        order = np.argsort(inverse, kind="stable")
-        self.rows_sorted = order
-        self.starts = np.searchsorted(inverse[order], np.arange(len(self.norms)))
-        self.ends = np.append(self.starts[1:], len(order))
+        self.norms, self.rows_sorted, self.starts, self.ends = _unique_norms(table)
         self.vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 3), min_df=1, dtype=np.float32,
                                           sublinear_tf=True)
         if vocabulary is None:
@@ -96,42 +169,49 @@ class TfidfCharGenerator:
         vocab = json.loads((path / "tfidf_vocab.json").read_text())
         return cls(table, vocab, np.load(path / "tfidf_idf.npy", allow_pickle=False))
 
-    def __call__(self, mentions: list[str], k: int) -> list[list[Candidate]]:
+    def __call__(self, mentions: list[str], k: int, chunk: int = 256) -> list[list[Candidate]]:
         mentions = _check_mentions(mentions)
         queries = self.vectorizer.transform([normalize_alias(m) for m in mentions])
-        sims = (queries @ self.matrix_t).tocsr()
+        rows_of = lambda u: self.rows_sorted[self.starts[u]:self.ends[u]]  # noqa: E731
+        width = min(4 * k, len(self.norms))
         out = []
-        for q in range(len(mentions)):
-            row = sims.getrow(q)
-            if row.nnz == 0:
-                out.append([])
-                continue
-            top = row.indices[np.argsort(-row.data)[: 4 * k]]
-            scores = dict(zip(row.indices, row.data))
-            best: dict[int, Candidate] = {}
-            for u in top:
-                for r in self.rows_sorted[self.starts[u]:self.ends[u]]:
-                    ent = int(self.table.entity_index[r])
-                    if ent not in best:
-                        best[ent] = Candidate(ent, float(scores[u]), self.table.alias[r], self.table.kind[r])
-            out.append(sorted(best.values(), key=lambda c: -c.score)[:k])
+        for start in range(0, len(mentions), chunk):
+            # a chunk of similarities as a dense block: top-k by argpartition beats per-row sparse sorting
+            sims = (queries[start:start + chunk] @ self.matrix_t).toarray()
+            top = np.argpartition(-sims, width - 1, axis=1)[:, :width] if width < sims.shape[1] else \
+                np.tile(np.arange(sims.shape[1]), (len(sims), 1))
+            for row, cols in zip(sims, top):
+                cols = cols[np.argsort(-row[cols])]
+                cols = cols[row[cols] > 0]
+                out.append(_best_per_entity(self.table, rows_of, zip(cols, row[cols]), k))
         return out
 
 
-class ChainedGenerator:
-    """Exact alias hits first (they are certain string matches), then fuzzy ones up to ``k``."""
+class HybridGenerator:
+    """Exact (and variant) alias hits first — they are certain string matches — then the fuzzy
+    generators' candidates fused by a weighted sum of their similarities (a generator that did not
+    return an entity contributes 0 for it)."""
 
-    def __init__(self, *generators: CandidateGenerator):
-        self.generators = generators
+    def __init__(self, exact: CandidateGenerator, fuzzy: list[tuple[CandidateGenerator, float]]):
+        self.exact = exact
+        self.fuzzy = fuzzy
 
     def __call__(self, mentions: list[str], k: int) -> list[list[Candidate]]:
-        results = [gen(mentions, k) for gen in self.generators]
+        exact = self.exact(mentions, k)
+        fuzzy = [(gen(mentions, 2 * k), weight) for gen, weight in self.fuzzy]
+        total = sum(w for _, w in self.fuzzy) or 1.0
         out = []
-        for per_mention in zip(*results):
-            merged: dict[int, Candidate] = {}
-            for cands in per_mention:
-                for c in cands:
-                    if c.entity_index not in merged:
-                        merged[c.entity_index] = c
+        for m, hits in enumerate(exact):
+            merged: dict[int, Candidate] = {c.entity_index: c for c in hits}
+            fused: dict[int, list] = {}
+            for results, weight in fuzzy:
+                for c in results[m]:
+                    entry = fused.setdefault(c.entity_index, [0.0, c])
+                    entry[0] += weight * c.score / total
+            ranked = sorted(fused.items(), key=lambda kv: -kv[1][0])
+            for ent, (score, c) in ranked:
+                if ent not in merged:
+                    # fuzzy scores stay below the exact hits' range
+                    merged[ent] = Candidate(ent, min(score, 0.79), c.alias, c.kind)
             out.append(list(merged.values())[:k])
         return out

