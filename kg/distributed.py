@@ -47,4 +47,7 @@ def train_with_lightning(config: EmbeddingConfig, factory, valid: torch.Tensor, 
     log.info("training with PyTorch Lightning on %s × %d device(s), %d node(s)", config.accelerator,
              config.devices, config.num_nodes)
     trainer.fit(model=module)
-    return model
+    if trainer.global_step == 0:
+        raise ConfigError("[embed] the Lightning run made no optimisation step: is the training split empty "
+                          "or batch_size larger than it with drop_last?")
+    return model, trainer.global_step

@@ -137,9 +137,9 @@ def train_embeddings(layout: ArtifactLayout, config: EmbeddingConfig | None = No
             from kg.distributed import train_with_lightning
             from kg.training import TrainingState
 
-            model = train_with_lightning(config, factory, valid, test)
+            model, steps = train_with_lightning(config, factory, valid, test)
             state = TrainingState(epoch=config.num_epochs)
-            run = {"finished": True, "batch_size": config.batch_size, "estimated_bytes": None}
+            run = {"finished": True, "batch_size": config.batch_size, "estimated_bytes": None, "steps": steps}
         else:
             model, state, run = train_model(config, factory, valid.numpy(), known, len(relations.ids), checkpoint_dir,
                                             progress=progress, stop_after_epochs=stop_after_epochs)
@@ -155,6 +155,7 @@ def train_embeddings(layout: ArtifactLayout, config: EmbeddingConfig | None = No
         "evaluated_triples": int(len(test_eval)),
         "test_triples": int(len(test)),
         "engine": config.engine,
+        "optimizer_steps": run.get("steps"),
         "epochs": state.epoch,
         "best_epoch": state.best_epoch or state.epoch,
         "best_valid_mrr": state.best_mrr if state.best_mrr >= 0 else None,

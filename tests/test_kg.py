@@ -186,4 +186,5 @@ def test_lightning_engine_on_cpu(tiny_build, tmp_path):
                           eval_max_triples=None)
     entry = train_embeddings(layout, cfg, progress=False)
     assert entry["metrics"]["engine"] == "lightning" and 0 < entry["metrics"]["mrr"] <= 1
+    assert entry["metrics"]["optimizer_steps"] >= 2  # two epochs of at least one batch each
     assert np.load(layout.embeddings("transe") / "entities.npy").shape[1] == 8
