@@ -1,0 +1,27 @@
+"""The README's examples are the code's contract with users: keep them parseable."""
+
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_build_config_example_is_valid():
+    from flows.config import build_config_from_dict
+
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"A build config for `kalora run`.*?```yaml\n(.*?)```", readme, re.S).group(1)
+    cfg = build_config_from_dict(yaml.safe_load(block), "README")
+    assert cfg.embed.model == "complex" and cfg.embed.regularizer_weight == 0.1
+    assert cfg.ingest.root_term == "HP:0000478"
+
+
+def test_readme_lightning_example_is_a_valid_embedding_config():
+    from kg.config import EmbeddingConfig
+
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"# embed\.yaml.*?\n(.*?)```", readme, re.S).group(1)
+    cfg = EmbeddingConfig.from_dict(yaml.safe_load(block))
+    assert cfg.engine == "lightning" and cfg.devices == 4 and cfg.num_nodes == 2
