@@ -115,7 +115,7 @@ class KGLinker:
         table = self._require()
         if self.use_ner_spans and doc.ents:
             spans = list(doc.ents)
-            cands = self.candidates([s.text for s in spans], self.top_k)
+            cands = self._hybrid(table)([s.text for s in spans], self.top_k)
         else:
             tokens = [(t.text, t.idx, t.idx + len(t.text)) for t in doc]
             found = self._matcher.find(doc.text, tokens)
@@ -138,11 +138,13 @@ class KGLinker:
     def candidates(self, mentions: list[str], k: int) -> list[list[Ranked]]:
         """Rank candidates for bare mentions (no context): exact alias hits, then TF-IDF neighbours."""
         table = self._require()
+        return [rank([c], self.prior, None, self.weights)[0] for c in self._hybrid(table)(mentions, k)]
+
+    def _hybrid(self, table: AliasTable) -> HybridGenerator:
         fuzzy = [(self._tfidf_generator(table), self.fuzzy_weights.get("tfidf", 0.5))]
         if self.dense_model is not None:
             fuzzy.append((self._dense_generator(table), self.fuzzy_weights.get("dense", 0.5)))
-        hybrid = HybridGenerator(self._exact, fuzzy)
-        return [rank([c], self.prior, None, self.weights)[0] for c in hybrid(mentions, k)]
+        return HybridGenerator(self._exact, fuzzy)
 
     def _tfidf_generator(self, table: AliasTable) -> TfidfCharGenerator:
         if self._tfidf is None:

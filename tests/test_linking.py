@@ -120,3 +120,15 @@ def test_faiss_index_id_mismatch_is_detected(tiny_build, tmp_path):
 def test_faiss_rejects_empty_vectors():
     with pytest.raises(InputError, match="empty knowledge base"):
         build_faiss(np.zeros((0, 8), dtype=np.float32))
+
+
+def test_linker_links_spans_of_an_earlier_ner_component(tiny_build):
+    import spacy
+
+    nlp = spacy.load(tiny_build.linker)
+    nlp.get_pipe("kg_linker").use_ner_spans = True
+    ruler = nlp.add_pipe("entity_ruler", before="kg_linker")
+    ruler.add_patterns([{"label": "FINDING", "pattern": "clouded lenz"}])
+    doc = nlp("The exam showed a clouded lenz today.")
+    assert [(e.text, e.kb_id_) for e in doc.ents] == [("clouded lenz", "HP:9000003")]
+    assert doc.ents[0]._.kg_candidates[0][0] == "HP:9000003"
