@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 import pyarrow.parquet as pq
 
 from pipelines.artifacts import ArtifactLayout, Timer, atomic_write_json, record_stage, staged_dir

@@ -4,7 +4,6 @@ character spans to token-level entity indices through the offset mapping."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from pipelines.artifacts import file_sha256
 from pipelines.errors import ArtifactError
 
 KNOWN_SCHEMA_VERSIONS = {1}
@@ -35,7 +35,7 @@ def read_shard_manifest(shards_dir: Path, *, expected_embedding_version: str | N
         for name, info in manifest["sets"].items():
             for part in info["parts"]:
                 f = Path(shards_dir) / name / part["file"]
-                digest = hashlib.sha256(f.read_bytes()).hexdigest() if f.exists() else "missing"
+                digest = file_sha256(f) if f.exists() else "missing"
                 if digest != part["sha256"]:
                     raise ArtifactError(f"{f}: checksum mismatch (expected {part['sha256'][:12]}…, got {digest[:12]}…): "
                                         "the shard was modified or truncated; rebuild with `kalora shards`")
