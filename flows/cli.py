@@ -116,7 +116,7 @@ def cmd_train(args) -> dict:
 
     if args.stage not in ("1", "all"):
         raise InputError(f"--stage {args.stage}: only stage 1 (knowledge warm-up) is implemented in this release; "
-                         "stages 2 (joint) and 3 (alignment) are tracked in issue 7")
+                         "stages 2 (joint) and 3 (alignment) are not available yet (see README)")
     data = _yaml_section(args.config, "train") if args.config else {}
     return train_stage1(_layout(args), ModelConfig.from_dict(data.get("model")), StageConfig.from_dict(data.get("stage1")),
                         progress=True)
