@@ -190,17 +190,17 @@ def main() -> None:
     args = p.parse_args()
     faiss.omp_set_num_threads(args.threads)
 
-    rows = [r for dist in args.distribution for r in run(dist, args)]
     print(f"<!-- $ {shlex.join([os.path.relpath(sys.executable), *sys.argv])} -->")
     print(f"<!-- faiss {faiss.__version__}, {args.threads} threads, n={args.n:,}, dim={args.dim}, "
           f"{args.queries} queries, seed {args.seed}, target recall@10 >= {TARGET_RECALL} at >= {TARGET_SPEEDUP:.0f}x exact -->\n")
     print("| data | index | setting | recall@10 | queries/s | speed-up | build s (CPU s) | bytes/entity | target |")
-    print("|---|---|---|---:|---:|---:|---:|---:|:-:|")
-    for r in rows:
-        ok = r["recall"] >= TARGET_RECALL and r["speedup"] >= TARGET_SPEEDUP
-        print(f"| {r['dist']} | {r['index']} | {r['setting']} | {r['recall']:.4f} | {r['qps']:,.0f} | "
-              f"{r['speedup']:.1f}x | {r['build'][0]:.0f} ({r['build'][1]:.0f}) | {r['bytes']:.0f} | {'yes' if ok else ''} |")
-
+    print("|---|---|---|---:|---:|---:|---:|---:|:-:|", flush=True)
+    for dist in args.distribution:  # each block is printed as soon as it is measured
+        for r in run(dist, args):
+            ok = r["recall"] >= TARGET_RECALL and r["speedup"] >= TARGET_SPEEDUP
+            print(f"| {r['dist']} | {r['index']} | {r['setting']} | {r['recall']:.4f} | {r['qps']:,.0f} | "
+                  f"{r['speedup']:.1f}x | {r['build'][0]:.0f} ({r['build'][1]:.0f}) | {r['bytes']:.0f} | {'yes' if ok else ''} |",
+                  flush=True)
 
 if __name__ == "__main__":
     main()
