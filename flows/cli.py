@@ -110,16 +110,17 @@ def cmd_shards(args) -> dict:
 
 
 def cmd_train(args) -> dict:
-    from model.config import ModelConfig, StageConfig
-    from model.trainer import train_stage1
-    from pipelines.errors import InputError
+    from model.config import TrainConfig
+    from model.trainer import train
 
-    if args.stage not in ("1", "all"):
-        raise InputError(f"--stage {args.stage}: only stage 1 (knowledge warm-up) is implemented in this release; "
-                         "stages 2 (joint) and 3 (alignment) are not available yet (see README)")
-    data = _yaml_section(args.config, "train") if args.config else {}
-    return train_stage1(_layout(args), ModelConfig.from_dict(data.get("model")), StageConfig.from_dict(data.get("stage1")),
-                        progress=True)
+    whole = _yaml_section(args.config, "__whole__") if args.config else {}
+    if "train" in whole:
+        data = whole["train"] if isinstance(whole["train"], dict) else {"train": whole["train"]}
+    else:  # a `kalora run` build config: its model/stage sections, nothing else
+        data = {k: v for k, v in whole.items() if k in ("model", "peft", "stage1", "stage2", "stage3")}
+    config = TrainConfig.from_dict(data)
+    stages = (1, 2, 3) if args.stage == "all" else (int(args.stage),)
+    return train(_layout(args), config, stages, model_given="model" in data, progress=True)
 
 
 class _UserErrorTracebackFilter(logging.Filter):
@@ -151,7 +152,7 @@ def cmd_run(args) -> dict:
 
     _quiet_user_error_tracebacks()
 
-    results = build_kg(args.config, args.root)
+    results = build_kg(config=args.config, root=args.root, force=args.force)
     print_report(cfg, results)
     return results
 
@@ -211,12 +212,14 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = stage("train", "train KALoRA on the shards")
     sp.add_argument("--stage", default="1", choices=["1", "2", "3", "all"])
-    sp.add_argument("--config", help="YAML with 'train: {model: ..., stage1: ...}'")
+    sp.add_argument("--config", help="YAML with 'train: {model, peft, stage1, stage2, stage3}' (or a build config)")
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("run", help="the whole build flow (Prefect, ephemeral mode unless PREFECT_API_URL is set)")
     sp.add_argument("config", help="'hpo' or a YAML build config")
     sp.add_argument("--root", help="artifact root (overrides the config's)")
+    sp.add_argument("--force", action="append", metavar="STAGE",
+                    help="re-run STAGE even when its inputs, parameters and code are unchanged (repeatable; 'all')")
     sp.set_defaults(func=cmd_run)
     return p
 

@@ -19,8 +19,67 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str
         if stage == "train":
             m = f"knowledge_loss {metrics['first']['knowledge_loss']:.3f}→{metrics['last']['knowledge_loss']:.3f}"
         wall = entry.get("wall_time_s")
-        rows.append((stage, shown, m, f"{wall:.1f}" if wall is not None else "-"))
+        seconds = f"{wall:.1f}" if wall is not None else "-"
+        rows.append((stage, shown, m, f"cached ({seconds})" if entry.get("cached") else seconds))
     return rows
+
+
+def artifact_key(name: str, what: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes; the same KG name always
+    gives the same key, so every run adds a version to one artifact's history."""
+    import re
+
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "kg"
+    return re.sub(r"[^a-z0-9]+", "-", f"kalora-{slug}-{what.lower()}").strip("-")
+
+
+def plots(results: dict[str, dict[str, Any]]) -> dict[str, Path]:
+    out = {}
+    for stage, entry in results.items():
+        base = entry.get("outputs", {})
+        if stage == "embed" and "embeddings" in base:
+            out["embedding training (loss, validation MRR)"] = Path(base["embeddings"]) / "training.png"
+        if stage == "train" and "adapters" in base:
+            out["stage 1 loss"] = Path(base["adapters"]) / "stage1" / "loss.png"
+    return {k: v.resolve() for k, v in out.items() if v.exists()}
+
+
+def report_markdown(cfg: BuildConfig, results: dict[str, dict[str, Any]]) -> str:
+    layout = ArtifactLayout(cfg.root, cfg.name)
+    lines = [f"# kalora build `{cfg.name}`", "", "| stage | status | counts | metrics | seconds |", "|---|---|---|---|---|"]
+    for (stage, counts, metrics, seconds), entry in zip(summary_rows(results), results.values()):
+        status = "cached" if entry.get("cached") else "ran"
+        lines.append(f"| {stage} | {status} | {counts} | {metrics} | {seconds} |")
+    lines += ["", "## Artifacts", ""]
+    for stage, entry in results.items():
+        for key, value in entry.get("outputs", {}).items():
+            if key != "embedding_version":
+                lines.append(f"- {stage} `{key}`: `{Path(value).resolve()}`")
+    lines.append(f"- manifest: `{layout.manifest.resolve()}`")
+    shown = plots(results)
+    if shown:
+        lines += ["", "## Plots", ""] + [f"- [{title}]({path.as_uri()})" for title, path in shown.items()]
+    return "\n".join(lines) + "\n"
+
+
+def publish_artifacts(cfg: BuildConfig, results: dict[str, dict[str, Any]]) -> list[str]:
+    """Table, markdown and link artifacts of one build, under stable keys; returns the keys."""
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+    table = []
+    for (stage, counts, metrics, seconds), entry in zip(summary_rows(results), results.values()):
+        outputs = {k: str(Path(v).resolve()) for k, v in entry.get("outputs", {}).items() if k != "embedding_version"}
+        table.append({"stage": stage, "status": "cached" if entry.get("cached") else "ran", "counts": counts,
+                      "metrics": metrics, "seconds": entry.get("wall_time_s"), "outputs": ", ".join(outputs.values())})
+    keys = [artifact_key(cfg.name, "stages"), artifact_key(cfg.name, "report")]
+    create_table_artifact(table, key=keys[0], description=f"kalora build '{cfg.name}': one row per stage")
+    create_markdown_artifact(report_markdown(cfg, results), key=keys[1],
+                             description=f"kalora build '{cfg.name}': counts, metrics, timings, paths, plots")
+    for title, path in plots(results).items():
+        key = artifact_key(cfg.name, "plot-" + title.split(" (")[0])
+        create_link_artifact(path.as_uri(), link_text=path.name, key=key, description=title)
+        keys.append(key)
+    return keys
 
 
 def print_report(cfg: BuildConfig, results: dict[str, dict[str, Any]]) -> None:

@@ -167,6 +167,22 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+@contextlib.contextmanager
+def manifest_lock(layout: ArtifactLayout) -> Iterator[None]:
+    """Serialise read-modify-write of the manifest between processes on one host (stages that run
+    side by side on a Dask cluster). ``flock`` is advisory and unreliable on some network
+    filesystems; a shared artifact root across machines needs one writer per KG."""
+    import fcntl
+
+    layout.base.mkdir(parents=True, exist_ok=True)
+    with open(layout.base / ".manifest.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def read_manifest(layout: ArtifactLayout) -> dict[str, Any]:
     if not layout.manifest.exists():
         return {"schema_version": SCHEMA_VERSION, "name": layout.name, "stages": {}}
@@ -188,7 +204,6 @@ def record_stage(
     wall_time_s: float | None = None,
 ) -> dict[str, Any]:
     """Record a completed stage in the build manifest (read-modify-atomic-write)."""
-    manifest = read_manifest(layout)
     entry = {
         "completed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "inputs": inputs or {},
@@ -200,11 +215,65 @@ def record_stage(
         "schema_version": SCHEMA_VERSION,
         "versions": library_versions(),
     }
-    manifest.setdefault("stages", {})[stage] = entry
-    manifest["schema_version"] = SCHEMA_VERSION
-    manifest["name"] = layout.name
-    atomic_write_json(layout.manifest, manifest)
+    with manifest_lock(layout):
+        manifest = read_manifest(layout)
+        manifest.setdefault("stages", {})[stage] = entry
+        manifest["schema_version"] = SCHEMA_VERSION
+        manifest["name"] = layout.name
+        atomic_write_json(layout.manifest, manifest)
     return entry
+
+
+# -- caching: a stage is skipped when its manifest entry carries the same cache key -------------
+def code_version(packages: list[str] | tuple[str, ...]) -> str:
+    """The installed kalora-kg version, a SHA-256 over the source files of ``packages`` (every
+    ``*.py`` of each top-level package) and the library versions of the manifest. Editing any
+    module of a stage's packages, or upgrading torch/pykeen/spaCy/..., changes it."""
+    import importlib.util
+
+    h = hashlib.sha256()
+    for name in sorted(packages):
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise ArtifactError(f"code_version: package {name!r} not found")
+        origin = Path(spec.origin)
+        files = sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
+        for f in files:
+            h.update(f"{name}:{f.relative_to(origin.parent)}".encode())
+            h.update(f.read_bytes())
+    versions = library_versions()
+    h.update(json.dumps(versions, sort_keys=True).encode())
+    return f"{versions.get('kalora-kg', '0+unknown')}+src.{h.hexdigest()[:16]}"
+
+
+def input_digests(paths: dict[str, Path | None]) -> dict[str, str | None]:
+    """Content hash of each named input (file or directory tree); ``None`` for an absent input."""
+    return {name: (tree_sha256(p) if p is not None and Path(p).exists() else None) for name, p in paths.items()}
+
+
+def cache_key(inputs: dict[str, str | None], parameters: dict[str, Any], code: str) -> str:
+    blob = json.dumps({"inputs": inputs, "parameters": parameters, "code": code}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def cached_entry(layout: ArtifactLayout, stage: str, key: str, outputs: list[Path]) -> dict[str, Any] | None:
+    """The manifest entry of ``stage`` when it was recorded under ``key`` and every output still
+    exists; ``None`` means the stage must run."""
+    entry = read_manifest(layout).get("stages", {}).get(stage)
+    if not entry or entry.get("cache", {}).get("key") != key:
+        return None
+    return entry if all(Path(p).exists() for p in outputs) else None
+
+
+def stamp_cache(layout: ArtifactLayout, stage: str, key: str, detail: dict[str, Any]) -> None:
+    """Attach the cache key to the entry the stage just recorded (only after it succeeded)."""
+    with manifest_lock(layout):
+        manifest = read_manifest(layout)
+        entry = manifest.get("stages", {}).get(stage)
+        if entry is None:
+            raise ArtifactError(f"{layout.manifest}: stage {stage!r} finished without recording itself")
+        entry["cache"] = {"key": key, **detail}
+        atomic_write_json(layout.manifest, manifest)
 
 
 class Timer:

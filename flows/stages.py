@@ -1,0 +1,93 @@
+"""What each stage reads, which parameters and code shape its output, and where the output lies:
+the cache key of a stage is a SHA-256 over the content hashes of its inputs, its parameters and the
+code version of the packages that compute it (``pipelines.artifacts.code_version``).
+
+A stage whose manifest entry carries the same key, and whose outputs still exist, is skipped. The
+inputs are the upstream artifacts themselves (hashed, not their timestamps), so a change anywhere
+re-runs exactly the stages downstream of it whose inputs changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from flows.config import BuildConfig
+from pipelines.artifacts import ArtifactLayout, cache_key, cached_entry, code_version, input_digests
+
+STAGE_NAMES = ("ingest", "embed", "index", "linker", "shards", "train")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    packages: tuple[str, ...]
+    manifest_key: Callable[[BuildConfig], str]
+    inputs: Callable[[BuildConfig, ArtifactLayout], dict[str, Path | None]]
+    parameters: Callable[[BuildConfig], dict[str, Any]]
+    outputs: Callable[[BuildConfig, ArtifactLayout], list[Path]]
+
+
+def _vectors(cfg: BuildConfig, lay: ArtifactLayout) -> Path:
+    return lay.embeddings(cfg.embed.model) / "entities.npy"
+
+
+def _split_parameters() -> dict[str, Any]:
+    from kg.splits import SplitConfig
+
+    return asdict(SplitConfig())  # the flow uses the default split, as `kalora embed` does
+
+
+SPECS: dict[str, StageSpec] = {
+    "ingest": StageSpec(
+        "ingest", ("pipelines",), lambda cfg: "ingest",
+        # ingest's source digests come from the fan-out that fetched and hashed them (see build.py)
+        lambda cfg, lay: {},
+        lambda cfg: {"sources": list(cfg.sources), "format": cfg.format, "options": asdict(cfg.ingest)},
+        lambda cfg, lay: [lay.entities, lay.aliases, lay.relations, lay.triples]),
+    "embed": StageSpec(
+        "embed", ("kg",), lambda cfg: f"embed:{cfg.embed.model}",
+        lambda cfg, lay: {"entities": lay.entities, "relations": lay.relations, "triples": lay.triples},
+        lambda cfg: {"embed": cfg.embed.to_dict(), "split": _split_parameters()},
+        lambda cfg, lay: [lay.embeddings(cfg.embed.model), lay.splits]),
+    "index": StageSpec(
+        "index", ("linking",), lambda cfg: "index",
+        lambda cfg, lay: {"entities": lay.entities, "vectors": _vectors(cfg, lay)},
+        lambda cfg: {"model": cfg.embed.model},
+        lambda cfg, lay: [lay.index]),
+    "linker": StageSpec(
+        "linker", ("linking",), lambda cfg: "linker",
+        lambda cfg, lay: {"entities": lay.entities, "aliases": lay.aliases, "vectors": _vectors(cfg, lay)},
+        lambda cfg: {"model": cfg.embed.model},
+        lambda cfg, lay: [lay.linker]),
+    "shards": StageSpec(
+        "shards", ("pipelines", "linking"), lambda cfg: "shards",
+        lambda cfg, lay: {"entities": lay.entities, "relations": lay.relations, "splits": lay.splits,
+                          "embeddings": lay.embeddings(cfg.embed.model), "index": lay.index, "linker": lay.linker,
+                          "corpus": Path(cfg.corpus) if cfg.corpus else None,
+                          **{f"preferences[{i}]": Path(p) for i, p in enumerate(cfg.preferences)}},
+        lambda cfg: {"shards": asdict(cfg.shards), "model": cfg.embed.model, "corpus": cfg.corpus,
+                     "preferences": list(cfg.preferences)},
+        lambda cfg, lay: [lay.shards]),
+    # The train task records "train:stage1"; keep this key in step with what it records.
+    "train": StageSpec(
+        "train", ("model",), lambda cfg: "train:stage1",
+        lambda cfg, lay: {"shards": lay.shards, "vectors": _vectors(cfg, lay)},
+        lambda cfg: {"model": asdict(cfg.model), "stage1": cfg.stage1.to_dict()},
+        lambda cfg, lay: [lay.adapters / "stage1"]),
+}
+
+
+def fingerprint(spec: StageSpec, cfg: BuildConfig, layout: ArtifactLayout,
+                extra_inputs: dict[str, str | None] | None = None) -> tuple[str, dict[str, Any]]:
+    """(cache key, what went into it) for ``spec`` as configured by ``cfg``, on the current inputs."""
+    inputs = {**input_digests(spec.inputs(cfg, layout)), **(extra_inputs or {})}
+    code = code_version(spec.packages)
+    parameters = spec.parameters(cfg)
+    return cache_key(inputs, parameters, code), {"inputs": inputs, "code": code}
+
+
+def lookup(spec: StageSpec, cfg: BuildConfig, layout: ArtifactLayout, key: str) -> dict[str, Any] | None:
+    return cached_entry(layout, spec.manifest_key(cfg), key, spec.outputs(cfg, layout))
