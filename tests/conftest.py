@@ -11,6 +11,8 @@ _STATE = Path(os.environ.get("PYTEST_STATE_DIR", Path(__file__).resolve().parent
 os.environ.setdefault("PREFECT_HOME", str(_STATE / "prefect"))
 os.environ.setdefault("PYKEEN_HOME", str(_STATE / "pykeen"))
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+# Prefect's ephemeral API gives up after 20 s by default; a busy 2-core CI machine can take longer.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
