@@ -10,8 +10,9 @@ _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 
 def normalize_alias(text: str) -> str:
     """Case-, accent- and punctuation-insensitive key: ``"Café-au-lait spots"`` → ``"cafe au lait spots"``."""
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(ch for ch in text if not unicodedata.combining(ch))
+    if not text.isascii():  # ASCII has no compatibility forms or combining marks: skip the slow part
+        text = unicodedata.normalize("NFKD", text)
+        text = "".join(ch for ch in text if not unicodedata.combining(ch))
     return " ".join(_NON_WORD.sub(" ", text.casefold()).split())
 
 

@@ -28,6 +28,16 @@ RELATIONS = pa.schema([("relation_id", pa.string()), ("index", pa.int32()), ("la
 TRIPLES = pa.schema(
     [("head", pa.string()), ("relation", pa.string()), ("tail", pa.string()), ("source", pa.string())]
 )
+# optional Wikidata tables (IngestOptions.literals / .qualifiers): claim values that are not entities,
+# and the qualifiers of kept claims, joined to their claim on (head, relation, value)
+LITERALS = pa.schema(
+    [("entity_id", pa.string()), ("property", pa.string()), ("datatype", pa.string()),
+     ("value", pa.string()), ("lang", pa.string())]
+)
+QUALIFIERS = pa.schema(
+    [("head", pa.string()), ("relation", pa.string()), ("value", pa.string()),
+     ("qualifier_property", pa.string()), ("qualifier_value", pa.string())]
+)
 SPLIT = pa.schema([("head_index", pa.int32()), ("relation_index", pa.int32()), ("tail_index", pa.int32())])
 
 SPAN = pa.struct([("start", pa.int32()), ("end", pa.int32()), ("entity_index", pa.int32())])

@@ -1,0 +1,194 @@
+"""Wikidata ingestion throughput and memory: kalora-kg at 1 and 2 workers next to two references.
+
+    .venv/bin/pip install qwikidata                 # the reference reader (not a project dependency)
+    .venv/bin/python benchmarks/ingest_wikidata.py  # 200k entities, 3 repeats, memory at 1x and 4x
+
+A Wikidata-shaped dump (``pipelines.synthetic``: real items from tests/data as templates, ids
+remapped, ~11 KB per entity like the real dump's average) of --entities entities is generated once
+under --dump-dir (and one --scale times larger for the memory check). In each repeat, every arm
+runs once, in a fresh subprocess, in the same order:
+
+- floor: single process, read every line and ``orjson.loads`` it, nothing else;
+- kalora-kg with 1 and 2 workers: ``pipelines.ingest.ingest(..., "wikidata")`` end to end —
+  chunking, parsing, extraction (labels, descriptions, aliases for ``en``, P31/P279 types,
+  entity-valued claims, sitelink prior), checkpoint files, the merge and the Parquet tables, input
+  hashing and the manifest;
+- qwikidata: ``WikidataJsonDump`` iteration with the same extraction through its entity/claim
+  objects, kept in lists (it writes no files, so this flatters it).
+
+Rates are entities/s over the whole dump; the table gives medians over repeats and the ratio of
+medians; on a shared machine the arms of one repeat run back to back so load hits them alike.
+Memory: peak RSS of the ingest process tree (main + workers, sampled every 50 ms) on the 1x and the
+``--scale``x dump, same settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FLOOR = """
+import sys, time, orjson
+n = 0
+t = time.perf_counter()
+with open(sys.argv[1], "rb") as fh:
+    for line in fh:
+        line = line.strip().rstrip(b",")
+        if len(line) > 1:
+            orjson.loads(line)
+            n += 1
+print(n, time.perf_counter() - t)
+"""
+
+OURS = """
+import sys, time, json, logging
+from pathlib import Path
+from pipelines.artifacts import ArtifactLayout
+from pipelines.ingest import IngestOptions, ingest
+t = time.perf_counter()
+entry = ingest([sys.argv[1]], "wikidata", ArtifactLayout(Path(sys.argv[2]), "wd"),
+               IngestOptions(workers=int(sys.argv[3]), force=True))
+print(entry["counts"]["entities"], time.perf_counter() - t)
+print(json.dumps({k: v for k, v in entry["counts"].items() if k != "per_file"}), file=sys.stderr)
+"""
+
+QWIKIDATA = """
+import sys, time
+from qwikidata.entity import WikidataItem, WikidataProperty
+from qwikidata.json_dump import WikidataJsonDump
+from pipelines.normalize import normalize_alias
+entities, aliases, triples = [], [], []
+t = time.perf_counter()
+for doc in WikidataJsonDump(sys.argv[1]):
+    ent = WikidataProperty(doc) if doc["type"] == "property" else WikidataItem(doc)
+    eid = ent.entity_id
+    label = ent.get_label("en")
+    types = []
+    for pid, group in ent.get_claim_groups().items():
+        for claim in group:
+            if claim.rank == "deprecated" or claim.mainsnak.snaktype != "value":
+                continue
+            if claim.mainsnak.value_datatype == "wikibase-entityid":
+                tail = claim.mainsnak.datavalue.value["id"]
+                triples.append((eid, pid, tail))
+                if pid in ("P31", "P279"):
+                    types.append(tail)
+    names = ([("label", label)] if label else []) + [("synonym", a) for a in ent.get_aliases("en")]
+    for kind, text in names:
+        aliases.append((eid, text, normalize_alias(text), kind, "en"))
+    entities.append((eid, label or eid, ent.get_description("en"), sorted(set(types)),
+                     float(len(doc.get("sitelinks") or ()))))
+print(len(entities), time.perf_counter() - t)
+"""
+
+
+def run_arm(code: str, *args: str) -> tuple[int, float, int]:
+    """(entities, seconds, peak RSS bytes of the process tree) of one subprocess run."""
+    import psutil
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=ROOT)
+    ps = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            rss = ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
+            peak = max(peak, rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    out, err = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"arm failed ({proc.returncode}):\n{err[-3000:]}")
+    n, seconds = out.split()[:2]
+    return int(n), float(seconds), peak
+
+
+def make_dump(path: Path, n: int) -> None:
+    from pipelines.synthetic import load_templates, write_dump
+
+    if path.exists():
+        return
+    templates = load_templates(ROOT / "tests" / "data" / "wikidata_sample_100_items.json.bz2")
+    tmp = path.with_name(path.name + ".tmp")
+    start = time.perf_counter()
+    size = write_dump(tmp, n, templates, seed=0)
+    tmp.rename(path)
+    print(f"generated {path} ({n:,} entities, {size / 1e9:.2f} GB, {size / n / 1e3:.1f} KB/entity) "
+          f"in {time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--entities", type=int, default=200_000)
+    p.add_argument("--scale", type=int, default=4, help="memory check: a dump this many times larger (0: skip)")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-qwikidata", action="store_true")
+    p.add_argument("--dump-dir", type=Path, default=Path(tempfile.gettempdir()) / "kalora-wd-bench")
+    args = p.parse_args()
+    args.dump_dir.mkdir(parents=True, exist_ok=True)
+    dump = args.dump_dir / f"wikidata-{args.entities}.json"
+    make_dump(dump, args.entities)
+    rates: dict[str, list[float]] = {}
+    peaks: dict[str, list[int]] = {}
+
+    def record(name: str, n: int, seconds: float, peak: int) -> None:
+        rates.setdefault(name, []).append(n / seconds)
+        peaks.setdefault(name, []).append(peak)
+        print(f"  {name}: {n:,} entities in {seconds:.1f}s = {n / seconds:,.0f}/s, peak RSS {peak / 2**20:,.0f} MiB",
+              file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory(dir=args.dump_dir) as out:
+        for rep in range(args.repeats):
+            print(f"repeat {rep + 1}/{args.repeats}", file=sys.stderr, flush=True)
+            record("floor: orjson.loads per line", *run_arm(FLOOR, str(dump)))
+            for w in args.workers:
+                record(f"kalora-kg, {w} worker{'s' if w > 1 else ''}", *run_arm(OURS, str(dump), out, str(w)))
+            if not args.no_qwikidata:
+                record("qwikidata WikidataJsonDump + same extraction", *run_arm(QWIKIDATA, str(dump)))
+        memory: list[tuple[str, int, int]] = []
+        if args.scale:
+            big = args.dump_dir / f"wikidata-{args.entities * args.scale}.json"
+            make_dump(big, args.entities * args.scale)
+            for w in args.workers:
+                small_peak = max(peaks[f"kalora-kg, {w} worker{'s' if w > 1 else ''}"])
+                n, seconds, big_peak = run_arm(OURS, str(big), out, str(w))
+                print(f"  {args.scale}x, {w} workers: {n:,} entities in {seconds:.1f}s, peak RSS {big_peak / 2**20:,.0f} MiB",
+                      file=sys.stderr, flush=True)
+                memory.append((f"{w} worker{'s' if w > 1 else ''}", small_peak, big_peak))
+
+    floor = statistics.median(rates["floor: orjson.loads per line"])
+    qwik = statistics.median(rates["qwikidata WikidataJsonDump + same extraction"]) if not args.no_qwikidata else None
+    print(f"<!-- $ {shlex.join([os.path.relpath(sys.executable), *sys.argv])} -->")
+    print(f"<!-- {args.entities:,} entities, {dump.stat().st_size / 1e9:.2f} GB plain JSON, {args.repeats} repeats, "
+          f"{os.cpu_count()} cores -->\n")
+    print("| arm | entities/s (median) | runs | vs floor | vs qwikidata |")
+    print("|---|---:|---|---:|---:|")
+    for name, values in rates.items():
+        med = statistics.median(values)
+        runs = ", ".join(f"{v:,.0f}" for v in values)
+        vs_q = f"{med / qwik:.2f}x" if qwik else "-"
+        print(f"| {name} | {med:,.0f} | {runs} | {med / floor:.2f} | {vs_q} |")
+    if memory:
+        print(f"\n| workers | peak RSS, 1x ({args.entities:,}) | peak RSS, {args.scale}x ({args.entities * args.scale:,}) | ratio |")
+        print("|---|---:|---:|---:|")
+        for name, small, big in memory:
+            print(f"| {name} | {small / 2**20:,.0f} MiB | {big / 2**20:,.0f} MiB | {big / small:.2f} |")
+    print(json.dumps({"rates": rates, "memory": memory}), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
