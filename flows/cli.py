@@ -43,12 +43,21 @@ def _yaml_section(path: str | None, section: str) -> dict[str, Any]:
 
 
 def cmd_ingest(args) -> dict:
+    from pipelines.errors import InputError
     from pipelines.ingest import IngestOptions, hpo_sources, ingest
 
     sources = [p for s in args.sources for p in (hpo_sources() if s == "hpo" else [Path(s)])]
+    columns = {}
+    for kv in args.column or []:
+        if "=" not in kv:
+            raise InputError(f"--column {kv!r}: expected ROLE=COLUMN, e.g. head=x_id")
+        role, column = kv.split("=", 1)
+        columns[role] = column
     options = IngestOptions(root_term=args.root_term, max_annotation_rows=args.max_annotation_rows,
-                            languages=tuple(args.languages.split(",")), strict=args.strict,
-                            triple_columns=dict(kv.split("=", 1) for kv in args.column or []))
+                            languages=args.languages, strict=args.strict, triple_columns=columns,
+                            properties=args.properties, exclude_properties=args.exclude_properties or (),
+                            classes=args.classes, literals=args.literals, qualifiers=args.qualifiers,
+                            workers=args.workers, chunk_mb=args.chunk_mb, force=args.force)
     return ingest(sources, args.format, _layout(args), options)
 
 
@@ -177,6 +186,16 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--languages", default="en", help="comma-separated label languages (default en)")
     sp.add_argument("--strict", action="store_true", help="stop at the first malformed line")
     sp.add_argument("--column", action="append", help="triples column mapping, e.g. head=x_id (repeatable)")
+    wd = sp.add_argument_group("Wikidata dumps")
+    wd.add_argument("--properties", help="keep only claims of these properties (comma-separated, e.g. P31,P279,P361)")
+    wd.add_argument("--exclude-properties", help="drop claims of these properties (comma-separated)")
+    wd.add_argument("--classes", help="keep only items whose P31/P279 is one of these (comma-separated QIDs)")
+    wd.add_argument("--literals", action="store_true", help="also write non-entity claim values to kg/literals/")
+    wd.add_argument("--qualifiers", action="store_true", help="also write the qualifiers of kept claims to kg/qualifiers/")
+    wd.add_argument("--workers", type=int, help="parallel parser processes (default: one per core, at most 8)")
+    wd.add_argument("--chunk-mb", type=float, default=32.0,
+                    help="chunk size in MiB of uncompressed dump; a chunk is the unit of parallel work and of checkpoints")
+    sp.add_argument("--force", action="store_true", help="re-ingest even if the inputs and options are unchanged")
     sp.set_defaults(func=cmd_ingest)
 
     sp = stage("embed", "train KG embeddings with PyKEEN")

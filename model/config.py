@@ -1,12 +1,16 @@
-"""Typed training configuration for the KALoRA stages."""
+"""Typed training configuration for the KALoRA stages, validated once at the edge."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from kg.config import from_dict
 from pipelines.errors import ConfigError
+
+PEFT_METHODS = ("lora", "adalora", "prefix", "prompt")
+LOSS_WEIGHTINGS = ("fixed", "uncertainty")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -22,10 +26,53 @@ class ModelConfig:
     n_embd: int = 128
     max_length: int = 96
     knowledge_heads: int = 4
+    domain_adapter_rank: int = 8     # 0: no DomainAdapter
+
+    def __post_init__(self) -> None:
+        for name in ("n_layer", "n_head", "n_embd", "max_length", "knowledge_heads"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"[train -> model -> {name}] must be > 0, got {getattr(self, name)}")
+        if self.domain_adapter_rank < 0:
+            raise ConfigError(f"[train -> model -> domain_adapter_rank] must be >= 0, got {self.domain_adapter_rank}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "ModelConfig":
         return from_dict(cls, data, "train -> model")
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """The peft method stage 2 adds to the base model (stage 1 trains no peft parameters).
+
+    ``lora``/``adalora`` use ``r``, ``alpha``, ``dropout``, ``target_modules`` (``None``: peft's
+    default for the architecture); ``prefix``/``prompt`` use ``num_virtual_tokens``.
+    ``loraplus_lr_ratio`` > 1 gives LoRA's B matrices that multiple of the learning rate (LoRA+)."""
+
+    method: str = "lora"
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] | None = None
+    loraplus_lr_ratio: float = 1.0
+    num_virtual_tokens: int = 8
+    adalora_target_r: int = 4
+
+    def __post_init__(self) -> None:
+        if self.method not in PEFT_METHODS:
+            raise ConfigError(f"[train -> peft -> method] unknown method {self.method!r}; expected one of {', '.join(PEFT_METHODS)}")
+        for name in ("r", "alpha", "num_virtual_tokens", "adalora_target_r"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"[train -> peft -> {name}] must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"[train -> peft -> dropout] must be in [0, 1), got {self.dropout}")
+        if self.loraplus_lr_ratio < 1:
+            raise ConfigError(f"[train -> peft -> loraplus_lr_ratio] must be >= 1, got {self.loraplus_lr_ratio}")
+        if self.loraplus_lr_ratio != 1 and self.method not in ("lora", "adalora"):
+            raise ConfigError(f"[train -> peft -> loraplus_lr_ratio] applies to lora/adalora, not {self.method!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "AdapterConfig":
+        return from_dict(cls, data, "train -> peft")
 
 
 @dataclass(frozen=True)
@@ -36,19 +83,71 @@ class StageConfig:
     learning_rate: float = 1e-3
     warmup_steps: int = 4
     max_grad_norm: float = 1.0
+    weight_decay: float = 0.01
     knowledge_loss_weight: float = 1.0
+    loss_weighting: str = "fixed"    # stage 2: "uncertainty" learns the task/knowledge weights
+    dpo_beta: float = 0.1            # stage 3
+    precision: str = "auto"          # auto: bf16 autocast on CUDA/CPU-with-bf16 only when asked; see trainer
+    checkpoint_every: int = 0        # 0: only at the end; N: a resumable checkpoint every N steps
+    log_every: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "gradient_accumulation"):
+        for name in ("max_steps", "batch_size", "gradient_accumulation", "log_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"[train -> stage -> {name}] must be > 0, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"[train -> stage -> learning_rate] must be > 0, got {self.learning_rate}")
+        for name in ("learning_rate", "dpo_beta", "max_grad_norm"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"[train -> stage -> {name}] must be > 0, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.checkpoint_every < 0 or self.knowledge_loss_weight < 0:
+            raise ConfigError("[train -> stage -> warmup_steps/checkpoint_every/knowledge_loss_weight] must be >= 0")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ConfigError(f"[train -> stage -> loss_weighting] expected one of {', '.join(LOSS_WEIGHTINGS)}, "
+                              f"got {self.loss_weighting!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"[train -> stage -> precision] expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "StageConfig":
-        return from_dict(cls, data, "train -> stage")
+    def from_dict(cls, data: dict[str, Any] | None, where: str = "train -> stage",
+                  defaults: "StageConfig | None" = None) -> "StageConfig":
+        base = defaults or cls()
+        checked = from_dict(cls, data, where)  # unknown keys and bad values fail here, with their location
+        return replace(base, **{k: getattr(checked, k) for k in (data or {})})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+STAGE_DEFAULTS = {
+    "stage1": StageConfig(),
+    "stage2": StageConfig(max_steps=60, learning_rate=5e-4, knowledge_loss_weight=0.5),
+    "stage3": StageConfig(max_steps=30, batch_size=8, learning_rate=1e-4, warmup_steps=2),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The ``train:`` section: ``model``, ``peft``, ``stage1``, ``stage2``, ``stage3``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    peft: AdapterConfig = field(default_factory=AdapterConfig)
+    stage1: StageConfig = field(default_factory=lambda: STAGE_DEFAULTS["stage1"])
+    stage2: StageConfig = field(default_factory=lambda: STAGE_DEFAULTS["stage2"])
+    stage3: StageConfig = field(default_factory=lambda: STAGE_DEFAULTS["stage3"])
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "TrainConfig":
+        data = dict(data or {})
+        known = ("model", "peft", "stage1", "stage2", "stage3")
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"[train] unknown key(s) {unknown}: expected some of {list(known)}")
+        for key in known:
+            if data.get(key) is not None and not isinstance(data[key], dict):
+                raise ConfigError(f"[train -> {key}] expected a mapping, got {type(data[key]).__name__}")
+        return cls(model=ModelConfig.from_dict(data.get("model")), peft=AdapterConfig.from_dict(data.get("peft")),
+                   **{s: StageConfig.from_dict(data.get(s), f"train -> {s}", STAGE_DEFAULTS[s])
+                      for s in ("stage1", "stage2", "stage3")})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -73,6 +73,7 @@ class ShardDataset(IterableDataset):
     world_size: int = 1
     text_column: str = "text"
     spans_column: str = "spans"
+    with_targets: bool = False       # joint/: append ``target`` (or ``label``) and train on it only
 
     def __post_init__(self) -> None:
         super().__init__()
@@ -93,18 +94,26 @@ class ShardDataset(IterableDataset):
 
     def __iter__(self):
         for path, rg in self._my_units():
-            table = pq.ParquetFile(path).read_row_group(rg, columns=[self.text_column, self.spans_column, "split"])
+            extra = ["target", "label"] if self.with_targets else []
+            table = pq.ParquetFile(path).read_row_group(rg, columns=[self.text_column, self.spans_column, "split", *extra])
             texts = table.column(self.text_column).to_pylist()
             spans = table.column(self.spans_column).to_pylist()
             splits = table.column("split").to_pylist()
             keep = [i for i, s in enumerate(splits) if self.split is None or s == self.split]
             if not keep:
                 continue
-            enc = self.tokenizer([texts[i] for i in keep], truncation=True, max_length=self.max_length,
-                                 return_offsets_mapping=True)
+            targets = [None] * len(texts)
+            if self.with_targets:
+                targets = [t if t is not None else lab for t, lab in
+                           zip(table.column("target").to_pylist(), table.column("label").to_pylist())]
+            full = [texts[i] if targets[i] is None else f"{texts[i]} {targets[i]}" for i in keep]
+            enc = self.tokenizer(full, truncation=True, max_length=self.max_length, return_offsets_mapping=True)
             for j, i in enumerate(keep):
-                yield {"input_ids": enc["input_ids"][j],
-                       "entity_ids": spans_to_token_entities(enc["offset_mapping"][j], spans[i])}
+                offsets = enc["offset_mapping"][j]
+                item = {"input_ids": enc["input_ids"][j], "entity_ids": spans_to_token_entities(offsets, spans[i])}
+                if targets[i] is not None:  # loss on the target only: tokens that start after the text
+                    item["loss_mask"] = [int(s >= len(texts[i]) and e > s) for s, e in offsets]
+                yield item
 
 
 def collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -118,4 +127,59 @@ def collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         ents[i, :n] = torch.tensor(b["entity_ids"])
         mask[i, :n] = 1
     labels = ids.masked_fill(mask == 0, -100)
+    for i, b in enumerate(batch):
+        if "loss_mask" in b:
+            keep = torch.zeros(width, dtype=torch.bool)
+            keep[:len(b["loss_mask"])] = torch.tensor(b["loss_mask"], dtype=torch.bool)
+            labels[i] = labels[i].masked_fill(~keep, -100)
     return {"input_ids": ids, "attention_mask": mask, "entity_ids": ents, "labels": labels}
+
+
+# -- alignment pairs ----------------------------------------------------------------------------
+def read_alignment(shards_dir: Path, split: str | None = "train") -> list[dict[str, Any]]:
+    """Every preference pair of ``alignment/`` (bounded by the shard builder's max_alignment_pairs
+    plus the user files) in file order; ``row`` numbers them for the reference log-prob table."""
+    manifest = read_shard_manifest(shards_dir, verify_checksums=False)
+    if "alignment" not in manifest["sets"]:
+        raise ArtifactError(f"{shards_dir}: no shard set 'alignment'")
+    rows: list[dict[str, Any]] = []
+    for part in manifest["sets"]["alignment"]["parts"]:
+        table = pq.read_table(Path(shards_dir) / "alignment" / part["file"])
+        for r in table.to_pylist():
+            if split is None or r["split"] == split:
+                rows.append({**r, "row": len(rows)})
+    return rows
+
+
+def _shift(spans: list[dict] | None, by: int) -> list[dict]:
+    return [{**s, "start": s["start"] + by, "end": s["end"] + by} for s in spans or []]
+
+
+def encode_pair(row: dict[str, Any], tokenizer, max_length: int) -> dict[str, Any] | None:
+    """Token ids, entity ids and response masks of prompt+chosen and prompt+rejected; None when
+    truncation leaves no response token on either side."""
+    out: dict[str, Any] = {"row": row["row"]}
+    for side in ("chosen", "rejected"):
+        text = row["prompt"] + row[side]
+        spans = list(row["prompt_spans"] or []) + _shift(row[f"{side}_spans"], len(row["prompt"]))
+        enc = tokenizer(text, truncation=True, max_length=max_length, return_offsets_mapping=True)
+        response = [int(s >= len(row["prompt"]) and e > s) for s, e in enc["offset_mapping"]]
+        if not any(response):
+            return None
+        out[side] = {"input_ids": enc["input_ids"], "entity_ids": spans_to_token_entities(enc["offset_mapping"], spans),
+                     "loss_mask": response}
+    return out
+
+
+def collate_pairs(pairs: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Chosen sequences first, then rejected: one forward pass scores both."""
+    seqs = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+    batch = collate(seqs, pad_id)
+    width = batch["input_ids"].shape[1]
+    response = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        response[i, :len(s["loss_mask"])] = torch.tensor(s["loss_mask"])
+    batch["response_mask"] = response
+    batch["row"] = torch.tensor([p["row"] for p in pairs])
+    del batch["labels"]
+    return batch
