@@ -151,6 +151,18 @@ def _previous_if_unchanged(layout: ArtifactLayout, pairs: list[tuple[Path, str]]
     return prev
 
 
+def _triples_options(columns: dict[str, str]):
+    from dataclasses import fields
+
+    from pipelines.triples import TriplesOptions
+
+    known = {f.name for f in fields(TriplesOptions)}
+    unknown = sorted(set(columns) - known)
+    if unknown:
+        raise InputError(f"triple column mapping: unknown role(s) {unknown}; expected some of {sorted(known)}")
+    return TriplesOptions(**columns)
+
+
 def _auto_workers(pairs: list[tuple[Path, str]], chunk_bytes: int) -> int:
     total = sum(p.stat().st_size for p, _ in pairs)
     return 1 if total <= 2 * chunk_bytes else max(1, min(8, os.cpu_count() or 1))
@@ -201,9 +213,9 @@ def ingest(sources: list[str | Path], fmt: str | None, layout: ArtifactLayout,
                         per_file[str(path)] = wikidata.read_wikidata(
                             path, builder, options.wikidata(), quarantine=layout.base / "quarantine" / f"{path.name}.tsv")
                     elif f == "triples":
-                        per_file[str(path)] = triples.read_triples(path, builder, triples.TriplesOptions(**options.triple_columns))
+                        per_file[str(path)] = triples.read_triples(path, builder, _triples_options(options.triple_columns))
                     elif f == "umls" and path == umls_files[0]:
-                        per_file["umls"] = umls.read_umls(umls_files, builder)
+                        per_file["umls"] = umls.read_umls(umls_files, builder, languages=umls.umls_languages(options.languages))
                 except UnicodeDecodeError as exc:
                     raise DumpParseError(path, None, f"not UTF-8 text (byte offset {exc.start} of a block): is the --format right?") from None
                 except EOFError as exc:

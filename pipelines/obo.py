@@ -1,6 +1,7 @@
 """Streaming OBO 1.2/1.4 reader (HPO, MONDO, GO, DOID) into the canonical KG.
 
-Terms become entities; names, synonyms (with scope and type) become aliases; ``is_a`` and
+Terms become entities; names, synonyms (with scope and type) become aliases; xrefs go to
+``kg/xrefs.parquet``; ``is_a`` and
 ``relationship`` lines become triples; obsolete terms are excluded but their ``replaced_by`` and
 every ``alt_id`` become redirects, so annotations that use old ids still resolve.
 """
@@ -187,7 +188,9 @@ def read_obo(path: Path, builder: KGBuilder, *, root_term: str | None = None, so
                 kind = syn_type
             else:
                 kind = f"synonym_{scope.lower()}"
-            builder.add_alias(text, term.id, kind)
+            builder.add_alias(text, term.id, kind, scope=scope)
+        for xref in term.xrefs:
+            builder.add_xref(term.id, xref)
         for parent in term.is_a:
             if parent in live:
                 builder.add_triple(term.id, "is_a", parent, source)

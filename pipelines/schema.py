@@ -22,8 +22,11 @@ ALIASES = pa.schema(
         ("entity_id", pa.string()),
         ("kind", pa.string()),
         ("lang", pa.string()),
+        ("scope", pa.string()),  # OBO synonym scope: EXACT, BROAD, NARROW, RELATED (null elsewhere)
     ]
 )
+# OBO/UMLS cross-references: one row per (entity, xref), e.g. HP:0001250 ↔ UMLS:C0036572
+XREFS = pa.schema([("entity_id", pa.string()), ("db", pa.string()), ("xref", pa.string())])
 RELATIONS = pa.schema([("relation_id", pa.string()), ("index", pa.int32()), ("label", pa.string())])
 TRIPLES = pa.schema(
     [("head", pa.string()), ("relation", pa.string()), ("tail", pa.string()), ("source", pa.string())]

@@ -39,7 +39,8 @@ class KGBuilder:
     """Collects entities, aliases, relations and triples; writes the canonical tables."""
 
     entities: dict[str, Entity] = field(default_factory=dict)
-    aliases: set[tuple[str, str, str, str]] = field(default_factory=set)
+    aliases: set[tuple[str, str, str, str, str | None]] = field(default_factory=set)
+    xrefs: set[tuple[str, str]] = field(default_factory=set)
     relations: dict[str, str] = field(default_factory=dict)
     triples: dict[tuple[str, str, str], str] = field(default_factory=dict)
     redirects: dict[str, str] = field(default_factory=dict)
@@ -56,12 +57,15 @@ class KGBuilder:
         known.description = known.description or ent.description
         known.prior = max(known.prior, ent.prior)
 
-    def add_alias(self, alias: str, entity_id: str, kind: str, lang: str = "en") -> None:
+    def add_alias(self, alias: str, entity_id: str, kind: str, lang: str = "en", scope: str | None = None) -> None:
         alias = alias.strip()
         if not alias:
             self.dropped["alias_empty"] += 1
             return
-        self.aliases.add((alias, entity_id, kind, lang))
+        self.aliases.add((alias, entity_id, kind, lang, scope))
+
+    def add_xref(self, entity_id: str, xref: str) -> None:
+        self.xrefs.add((entity_id, xref))
 
     def add_relation(self, relation_id: str, label: str) -> None:
         self.relations.setdefault(relation_id, label)
@@ -99,9 +103,9 @@ class KGBuilder:
             out.setdefault((rh, r, rt), src)
         return out
 
-    def _resolved_aliases(self) -> list[tuple[str, str, str, str, str]]:
+    def _resolved_aliases(self) -> list[tuple[str, str, str, str, str, str | None]]:
         rows = []
-        for alias, eid, kind, lang in self.aliases:
+        for alias, eid, kind, lang, scope in self.aliases:
             target = self.resolve(eid)
             if target is None:
                 self.dropped["alias_unknown_entity"] += 1
@@ -110,8 +114,8 @@ class KGBuilder:
             if not norm:
                 self.dropped["alias_normalises_to_nothing"] += 1
                 continue
-            rows.append((alias, norm, target, kind, lang))
-        return sorted(set(rows))
+            rows.append((alias, norm, target, kind, lang, scope))
+        return sorted(set(rows), key=lambda r: (*r[:5], r[5] or ""))
 
     def write(self, kg_dir: Path) -> dict[str, int]:
         """Publish ``kg_dir`` atomically; return counts (written and dropped by reason)."""
@@ -140,7 +144,7 @@ class KGBuilder:
                 ),
                 tmp / "entities.parquet",
             )
-            cols = list(zip(*aliases)) if aliases else [[], [], [], [], []]
+            cols = list(zip(*aliases)) if aliases else [[] for _ in schema.ALIASES.names]
             pq.write_table(
                 pa.table(dict(zip(schema.ALIASES.names, map(list, cols))), schema=schema.ALIASES),
                 tmp / "aliases.parquet",
@@ -156,6 +160,12 @@ class KGBuilder:
                 ),
                 tmp / "relations.parquet",
             )
+            if self.xrefs:
+                xrefs = sorted({(t, x) for e, x in self.xrefs if (t := self.resolve(e)) is not None})
+                pq.write_table(pa.table({"entity_id": [e for e, _ in xrefs],
+                                         "db": [x.split(":", 1)[0] if ":" in x else "" for _, x in xrefs],
+                                         "xref": [x for _, x in xrefs]}, schema=schema.XREFS),
+                               tmp / "xrefs.parquet")
             (tmp / "triples").mkdir()
             keys = sorted(triples)
             for part, start in enumerate(range(0, max(len(keys), 1), TRIPLES_PER_PART)):
@@ -176,6 +186,8 @@ class KGBuilder:
             "relations": len(rel_ids),
             "triples": len(triples),
         }
+        if self.xrefs:
+            counts["xrefs"] = len(xrefs)
         counts.update({f"dropped_{k}": v for k, v in sorted(self.dropped.items())})
         for reason, n in sorted(self.dropped.items()):
             log.warning("dropped %d records: %s", n, reason.replace("_", " "))

@@ -32,8 +32,16 @@ def _rows(path: Path, columns: list[str]):
             yield lineno, dict(zip(columns, fields))
 
 
+def umls_languages(languages: tuple[str, ...]) -> tuple[str, ...]:
+    """ISO codes as the rest of the project uses them ("en", "es") → UMLS LAT codes ("ENG", "SPA")."""
+    to_lat = {iso: lat for lat, iso in LANGS.items()}
+    return tuple(to_lat.get(lang, lang.upper()) for lang in languages)
+
+
 def read_umls(paths: list[Path], builder: KGBuilder, *, languages: tuple[str, ...] = ("ENG",)) -> dict[str, int]:
-    """Read a directory's worth of RRF files; MRCONSO is required, MRSTY and MRREL optional."""
+    """Read a directory's worth of RRF files; MRCONSO is required, MRSTY and MRREL optional.
+
+    ``languages`` are UMLS LAT codes (see :func:`umls_languages`); SAB:CODE pairs become xrefs."""
     by_name = {Path(p).name.upper().split(".")[0]: Path(p) for p in paths}
     if "MRCONSO" not in by_name:
         raise InputError(f"{', '.join(map(str, paths))}: UMLS input needs MRCONSO.RRF (and optionally MRSTY.RRF, MRREL.RRF)")
@@ -47,6 +55,8 @@ def read_umls(paths: list[Path], builder: KGBuilder, *, languages: tuple[str, ..
         lang = LANGS.get(r["LAT"], r["LAT"].lower())
         kind = "abbreviation" if r["TTY"] in ABBREVIATION_TTYS else "synonym"
         names.setdefault(r["CUI"], []).append((r["STR"], kind, lang))
+        if r["SAB"] and r["CODE"] and r["CODE"] != "NOCODE":
+            builder.add_xref(r["CUI"], f"{r['SAB']}:{r['CODE']}")
         if r["TS"] == "P" and r["STT"] == "PF" and r["ISPREF"] == "Y" and (r["CUI"] not in preferred or r["LAT"] == "ENG"):
             preferred[r["CUI"]] = r["STR"]
     types: dict[str, list[str]] = {}

@@ -20,6 +20,7 @@ grow with the dump. The tables go to a staged ``kg/`` that replaces the old one 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -277,7 +278,7 @@ def ingest_wikidata(paths: list[Path], kg_dir: Path, options: WikidataOptions = 
     plan = {"version": PLAN_VERSION, "chunk_bytes": settings.chunk_bytes, "options": _options_key(options),
             "sources": [{"path": str(p.resolve()), "size": s.st_size, "mtime_ns": s.st_mtime_ns}
                         for p, s in zip(paths, stats)]}
-    done = _prepare_work(work, plan)
+    done = _prepare_work(work, json.loads(json.dumps(plan)))  # as it reads back from plan.json
     chunks_dir = work / "chunks"
     started = time.perf_counter()
     metas: dict[str, dict[str, Any]] = {}
@@ -347,6 +348,8 @@ def ingest_wikidata(paths: list[Path], kg_dir: Path, options: WikidataOptions = 
     counts["merge_seconds"] = round(time.perf_counter() - started - parse_s, 3)
     counts["workers"] = workers
     shutil.rmtree(work, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        work.parent.rmdir()  # the .work folder, when nothing else uses it
     return counts
 
 
@@ -525,7 +528,8 @@ def _merge(paths: list[Path], names_by_file: list[list[str]], metas: dict[str, d
 
             a = rows_kept(_read_ipc(chunks_dir / n / "aliases.arrow"))
             if a.num_rows:
-                alias_writer.write_table(with_ids(a, "entity_id").select(schema.ALIASES.names).cast(schema.ALIASES))
+                a = with_ids(a, "entity_id").append_column("scope", pa.nulls(a.num_rows, pa.string()))
+                alias_writer.write_table(a.select(schema.ALIASES.names).cast(schema.ALIASES))
                 n_aliases += a.num_rows
             t = rows_kept(_read_ipc(chunks_dir / n / "triples.arrow"))
             if t.num_rows:

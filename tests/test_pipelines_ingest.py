@@ -166,3 +166,40 @@ def test_manifest_is_valid_json_after_ingest(tmp_path, tiny_sources):
     # 7 live terms + 3 annotated diseases + 3 genes; the disease annotated only to an unknown term is skipped
     assert counts["entities"] == 13
     assert counts["relations"] == 6
+
+
+def test_obo_synonym_scope_and_xrefs(tmp_path):
+    obo = tmp_path / "x.obo"
+    obo.write_text(
+        "format-version: 1.2\nsynonymtypedef: layperson \"layperson term\"\n\n"
+        "[Term]\nid: X:1\nname: Root\n\n"
+        "[Term]\nid: X:2\nname: Fever\nsynonym: \"Pyrexia\" EXACT []\nsynonym: \"Hot\" BROAD layperson []\n"
+        "xref: UMLS:C0015967 ! Fever\nxref: MSH:D005334\nis_a: X:1\n\n"
+        "[Term]\nid: X:3\nname: Old fever\nis_obsolete: true\nreplaced_by: X:2\nxref: UMLS:C9999999\n"
+    )
+    layout = ArtifactLayout(tmp_path, "x")
+    entry = ingest([obo], None, layout)
+    aliases = {a["alias"]: a for a in pq.read_table(layout.aliases).to_pylist()}
+    assert (aliases["Pyrexia"]["kind"], aliases["Pyrexia"]["scope"]) == ("synonym_exact", "EXACT")
+    assert (aliases["Hot"]["kind"], aliases["Hot"]["scope"]) == ("layperson", "BROAD")
+    assert aliases["Fever"]["scope"] is None and aliases["Old fever"]["kind"] == "replaced_by"
+    xrefs = {(r["entity_id"], r["db"], r["xref"]) for r in pq.read_table(layout.kg / "xrefs.parquet").to_pylist()}
+    # the obsolete term's xref is not attached to anything live (only its name redirects)
+    assert xrefs == {("X:2", "UMLS", "UMLS:C0015967"), ("X:2", "MSH", "MSH:D005334")}
+    assert entry["counts"]["xrefs"] == 2
+
+
+def test_umls_languages_and_xrefs(tmp_path, data_dir):
+    layout = ArtifactLayout(tmp_path, "umls")
+    files = [data_dir / "MRCONSO.RRF", data_dir / "MRSTY.RRF", data_dir / "MRREL.RRF"]
+    ingest(files, None, layout, IngestOptions(languages=("en", "es")))
+    aliases = {(a["alias"], a["lang"]) for a in pq.read_table(layout.aliases).to_pylist()}
+    assert ("Fiebre fabricada", "es") in aliases and ("Fabricated fever", "en") in aliases
+    xrefs = {(r["entity_id"], r["xref"]) for r in pq.read_table(layout.kg / "xrefs.parquet").to_pylist()}
+    assert ("C9000001", "MSH:D000001") in xrefs and ("C9000001", "MSHSPA:D000001") in xrefs
+
+
+def test_unknown_triple_column_role_is_a_user_error(tmp_path, data_dir):
+    with pytest.raises(InputError, match=r"unknown role\(s\) \['haed'\]"):
+        ingest([data_dir / "primekg_like.tsv"], None, ArtifactLayout(tmp_path, "pk"),
+               IngestOptions(triple_columns={"haed": "x_id"}))
