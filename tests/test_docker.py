@@ -22,3 +22,30 @@ def test_dockerfile_installs_through_the_makefile_target_ci_uses():
     for package in ("pipelines", "kg", "linking", "model", "flows"):
         assert f"COPY {package} ./{package}" in text
     assert "install:" in (ROOT / "Makefile").read_text()
+
+
+def test_docker_worker_registers_the_deployments_and_writes_to_the_volume():
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    worker = compose["services"]["worker"]
+    root = worker["environment"]["KALORA_ARTIFACT_ROOT"]
+    assert f"artifacts:{root}" in worker["volumes"], "the flows' artifact root is the named volume"
+    assert worker["depends_on"]["prefect-server"]["condition"] == "service_healthy"
+    assert worker["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+    assert set(compose["volumes"]) >= {"pgdata", "artifacts"}
+    # the worker's pool is the one every deployment in prefect.yaml targets
+    deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+    assert {d["work_pool"]["name"] for d in deployments} == {worker["environment"]["KALORA_WORK_POOL"]}
+    # the entrypoint deploys from the directory the image copies prefect.yaml into, and is valid sh
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    assert "COPY prefect.yaml ./" in dockerfile and "WORKDIR /opt/kalora" in dockerfile
+    script = ROOT / "docker" / "worker-entrypoint.sh"
+    text = script.read_text()
+    assert "cd /opt/kalora" in text and "prefect --no-prompt deploy --all" in text
+    assert "prefect worker start --pool" in text
+    import os
+    import subprocess
+
+    assert os.access(script, os.X_OK)
+    assert subprocess.run(["sh", "-n", str(script)], capture_output=True).returncode == 0
+    # no credentials in the compose file: the database password comes from the environment
+    assert "${POSTGRES_PASSWORD" in (ROOT / "docker" / "compose.yaml").read_text()
