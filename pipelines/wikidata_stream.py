@@ -281,12 +281,11 @@ def ingest_wikidata(paths: list[Path], kg_dir: Path, options: WikidataOptions = 
     done = _prepare_work(work, json.loads(json.dumps(plan)))  # as it reads back from plan.json
     chunks_dir = work / "chunks"
     started = time.perf_counter()
-    metas: dict[str, dict[str, Any]] = {}
-    for name in done:
-        metas[name] = json.loads((chunks_dir / name / "meta.json").read_text())
-    first_lines: dict[str, int] = {}  # compressed streams: each block's first line number, for errors
-    progress = _Progress(settings.progress_every_s, sum(s.st_size for s in stats))
-    for name, meta in metas.items():
+    summary = _Summary(len(paths))
+    progress = _Progress(settings.progress_every_s)
+    for name in sorted(done):
+        meta = json.loads((chunks_dir / name / "meta.json").read_text())
+        summary.add(name, int(name[:3]), meta)
         progress.add(meta, resumed=True)
 
     def jobs() -> Iterator[tuple[str, int, dict[str, Any]]]:
@@ -296,7 +295,6 @@ def ingest_wikidata(paths: list[Path], kg_dir: Path, options: WikidataOptions = 
                 try:
                     for ci, block in iter_blocks(path, settings.chunk_bytes, threads=settings.workers):
                         name = _chunk_name(fi, ci)
-                        first_lines[name] = line
                         if name not in done:
                             yield name, fi, {"data": block, "first_line": line}
                         line += block.count(b"\n")
@@ -318,7 +316,7 @@ def ingest_wikidata(paths: list[Path], kg_dir: Path, options: WikidataOptions = 
             else:
                 line = meta["first_line"] + meta["line"]
             raise DumpParseError(path, line, meta["error"])
-        metas[name] = meta
+        summary.add(name, fi, meta)
         progress.add(meta)
 
     workers = max(1, settings.workers)
@@ -340,10 +338,8 @@ def ingest_wikidata(paths: list[Path], kg_dir: Path, options: WikidataOptions = 
                     fut.cancel()
                 raise
     parse_s = time.perf_counter() - started
-    log.info("parsed %s entities from %d chunks in %.1fs; merging", f"{progress.entities:,}", len(metas), parse_s)
-
-    names_by_file = [sorted(n for n in metas if n.startswith(f"{fi:03d}-")) for fi in range(len(paths))]
-    counts = _merge(paths, names_by_file, metas, chunks_dir, kg_dir, quarantine_dir or kg_dir.parent / "quarantine")
+    log.info("parsed %s entities from %d chunks in %.1fs; merging", f"{progress.entities:,}", progress.chunks, parse_s)
+    counts = _merge(paths, summary, chunks_dir, kg_dir, quarantine_dir or kg_dir.parent / "quarantine")
     counts["parse_seconds"] = round(parse_s, 3)
     counts["merge_seconds"] = round(time.perf_counter() - started - parse_s, 3)
     counts["workers"] = workers
@@ -360,9 +356,31 @@ def _drain(pending: dict[Future, tuple[str, int]], finished, how) -> None:
         finished(name, fi, fut.result())
 
 
+class _Summary:
+    """What the merge needs from the chunks' metadata, kept small whatever the number of chunks:
+    counts summed per file, (lines, malformed) per chunk, and the relations with their labels."""
+
+    def __init__(self, n_files: int) -> None:
+        self.counts = [Counter() for _ in range(n_files)]
+        self.chunks: list[dict[str, tuple[int, int]]] = [{} for _ in range(n_files)]
+        self.relations: dict[str, tuple[str, str | None]] = {}  # id → (chunk that named it, label)
+
+    def add(self, name: str, fi: int, meta: dict[str, Any]) -> None:
+        self.counts[fi].update(meta["counts"])
+        self.chunks[fi][name] = (meta["lines"], meta["counts"].get("malformed", 0))
+        for pid, label in meta["relations"].items():
+            known = self.relations.get(pid)
+            # a label from the property's own line wins; among several, the earliest chunk's (deterministic)
+            if known is None or (label is not None and (known[1] is None or name < known[0])):
+                self.relations[pid] = (name, label)
+
+    def order(self, fi: int) -> list[str]:
+        return sorted(self.chunks[fi])
+
+
 class _Progress:
-    def __init__(self, every_s: float, total_bytes: int):
-        self.every_s, self.total_bytes = every_s, total_bytes
+    def __init__(self, every_s: float):
+        self.every_s = every_s
         self.entities = self.bytes = self.chunks = 0
         self.start = self.last = time.perf_counter()
         self.resumed = 0
@@ -472,15 +490,10 @@ class _PartWriter:
             self.writer.close()
 
 
-def _merge(paths: list[Path], names_by_file: list[list[str]], metas: dict[str, dict[str, Any]], chunks_dir: Path,
-           kg_dir: Path, quarantine_dir: Path) -> dict[str, Any]:
-    order = [n for names in names_by_file for n in names]
+def _merge(paths: list[Path], summary: _Summary, chunks_dir: Path, kg_dir: Path, quarantine_dir: Path) -> dict[str, Any]:
+    order = [n for fi in range(len(paths)) for n in summary.order(fi)]
     dropped: Counter = Counter()
-    relations: dict[str, str | None] = {}
-    for n in order:
-        for pid, label in metas[n]["relations"].items():
-            if label is not None or pid not in relations:
-                relations[pid] = label if label is not None else relations.get(pid)
+    relations = {pid: label for pid, (_, label) in summary.relations.items()}
     known = IdSet()
     dup_rows: dict[str, np.ndarray] = {}
     n_entities = n_aliases = 0
@@ -564,14 +577,12 @@ def _merge(paths: list[Path], names_by_file: list[list[str]], metas: dict[str, d
     if qualifiers.rows:
         counts["qualifiers"] = qualifiers.rows
     per_file: dict[str, Any] = {}
-    for path, names in zip(paths, names_by_file):
-        c: Counter = Counter()
-        for n in names:
-            c.update(metas[n]["counts"])
+    for fi, path in enumerate(paths):
+        c = Counter(summary.counts[fi])
         for k in [k for k in c if k.startswith("dropped_")]:
             dropped[k.removeprefix("dropped_")] += c.pop(k)
         file_counts: dict[str, Any] = dict(c)
-        quarantined = _write_quarantine(path, names, metas, chunks_dir, quarantine_dir)
+        quarantined = _write_quarantine(path, summary.order(fi), summary.chunks[fi], chunks_dir, quarantine_dir)
         if quarantined:
             file_counts["quarantine_file"] = str(quarantined)
         per_file[str(path)] = file_counts
@@ -582,18 +593,18 @@ def _merge(paths: list[Path], names_by_file: list[list[str]], metas: dict[str, d
     return counts
 
 
-def _write_quarantine(path: Path, names: list[str], metas: dict[str, dict[str, Any]], chunks_dir: Path,
+def _write_quarantine(path: Path, names: list[str], chunks: dict[str, tuple[int, int]], chunks_dir: Path,
                       quarantine_dir: Path) -> Path | None:
     """Malformed lines with their line numbers in the dump (chunk-relative numbers made absolute)."""
-    if not any(metas[n]["counts"].get("malformed") for n in names):
+    if not any(chunks[n][1] for n in names):
         return None
     out, first = [], 0
     for n in names:
-        if metas[n]["counts"].get("malformed"):
+        if chunks[n][1]:
             bad = _read_ipc(chunks_dir / n / "bad.arrow")
             out.extend(b"%d\t%s\n" % (first + line, text) for line, text in
                        zip(bad["line"].to_pylist(), bad["text"].to_pylist()))
-        first += metas[n]["lines"]
+        first += chunks[n][0]
     target = quarantine_dir / f"{path.name}.tsv"
     atomic_write_bytes(target, b"".join(out))
     log.warning("%s: %d malformed lines quarantined in %s", path, len(out), target)
