@@ -197,6 +197,7 @@ def run_chunk(job: dict[str, Any]) -> dict[str, Any]:
         offset, data = None, job["data"]
     else:
         offset, data = _read_range(job["path"], job["start"], job["end"])
+    started = time.perf_counter()
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -215,7 +216,7 @@ def run_chunk(job: dict[str, Any]) -> dict[str, Any]:
         bad = {"line": [n for n, _ in records.bad], "text": [t for _, t in records.bad]}
         _write_ipc(pa.table(bad, schema=_ARROW["bad"]), tmp / "bad.arrow")
         meta = {"lines": len(lines), "counts": dict(records.counts), "relations": records.relations,
-                "bytes": len(data)}
+                "bytes": len(data), "seconds": round(time.perf_counter() - started, 3)}
         (tmp / "meta.json").write_text(json.dumps(meta))
         os.replace(tmp, final)  # the checkpoint: a chunk directory exists only when complete
     except BaseException:
