@@ -250,6 +250,7 @@ def _prepare_work(work: Path, plan: dict[str, Any]) -> set[str]:
         except json.JSONDecodeError:
             old = None
         if old == plan:
+            (work / "chunks").mkdir(exist_ok=True)
             done = {p.name for p in (work / "chunks").iterdir() if p.is_dir() and not p.name.startswith(".")}
             if done:
                 log.info("resuming an interrupted ingest: %d chunks already done in %s", len(done), work)
@@ -309,21 +310,30 @@ def ingest_wikidata(paths: list[Path], kg_dir: Path, options: WikidataOptions = 
                     if name not in done:
                         yield name, fi, {"path": str(path), "start": start, "end": min(size, start + settings.chunk_bytes)}
 
+    errors: list[tuple[str, int, dict[str, Any]]] = []  # strict mode: malformed lines found by the workers
+
     def finished(name: str, fi: int, meta: dict[str, Any]) -> None:
         if "error" in meta:
-            path = paths[fi]
-            if meta["offset"] is not None:
-                line = _count_lines_before(str(path), meta["offset"]) + meta["line"]
-            else:
-                line = meta["first_line"] + meta["line"]
-            raise DumpParseError(path, line, meta["error"])
+            errors.append((name, fi, meta))
+            return
         summary.add(name, fi, meta)
         progress.add(meta)
+
+    def raise_first_error() -> None:
+        name, fi, meta = min(errors, key=lambda e: (e[0], e[2]["line"]))  # the earliest in the dump
+        path = paths[fi]
+        if meta["offset"] is not None:
+            line = _count_lines_before(str(path), meta["offset"]) + meta["line"]
+        else:
+            line = meta["first_line"] + meta["line"]
+        raise DumpParseError(path, line, meta["error"])
 
     workers = max(1, settings.workers)
     if workers == 1:
         for name, fi, job in jobs():
             finished(name, fi, run_chunk({**job, "options": options, "out": str(chunks_dir / name)}))
+            if errors:
+                break
     else:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
             pending: dict[Future, tuple[str, int]] = {}
@@ -331,6 +341,8 @@ def ingest_wikidata(paths: list[Path], kg_dir: Path, options: WikidataOptions = 
                 for name, fi, job in jobs():
                     while len(pending) >= 2 * workers:
                         _drain(pending, finished, FIRST_COMPLETED)
+                    if errors:  # stop handing out work; chunks already running may hold an earlier error
+                        break
                     pending[pool.submit(run_chunk, {**job, "options": options, "out": str(chunks_dir / name)})] = (name, fi)
                 while pending:
                     _drain(pending, finished, FIRST_COMPLETED)
@@ -338,6 +350,8 @@ def ingest_wikidata(paths: list[Path], kg_dir: Path, options: WikidataOptions = 
                 for fut in pending:
                     fut.cancel()
                 raise
+    if errors:
+        raise_first_error()
     parse_s = time.perf_counter() - started
     log.info("parsed %s entities from %d chunks in %.1fs; merging", f"{progress.entities:,}", progress.chunks, parse_s)
     counts = _merge(paths, summary, chunks_dir, kg_dir, quarantine_dir or kg_dir.parent / "quarantine")

@@ -247,3 +247,9 @@ def test_cli_flags_reach_the_wikidata_path(tmp_path, data_dir):
     manifest = json.loads((tmp_path / "wd" / "manifest.json").read_text())
     assert manifest["stages"]["ingest"]["parameters"]["classes"] == ["Q6256"]
     assert (tmp_path / "wd" / "kg" / "literals").is_dir()
+
+
+def test_strict_with_two_workers_reports_the_earliest_malformed_line(tmp_path, data_dir):
+    path = _with_lines(tmp_path, data_dir, {20: "{not json,", 90: "[],"}, "two.json")
+    with pytest.raises(DumpParseError, match=r"two\.json:21: malformed entity line"):
+        ingest([path], "wikidata", ArtifactLayout(tmp_path, "wd"), IngestOptions(workers=2, chunk_mb=0.3, strict=True))
