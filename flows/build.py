@@ -77,6 +77,13 @@ def linker_task(cfg: BuildConfig, layout: ArtifactLayout) -> dict[str, Any]:
     return build_linker(layout, cfg.embed.model)
 
 
+@task(name="linker-recall", cache_policy=NO_CACHE, **RETRIES)
+def linker_eval_task(cfg: BuildConfig, layout: ArtifactLayout) -> dict[str, Any]:
+    from flows.quality import linker_alias_recall
+
+    return linker_alias_recall(layout)
+
+
 @task(name="shards", cache_policy=NO_CACHE, **RETRIES)
 def shards_task(cfg: BuildConfig, layout: ArtifactLayout) -> dict[str, Any]:
     from pipelines.shards import build_shards
@@ -94,7 +101,7 @@ def train_task(cfg: BuildConfig, layout: ArtifactLayout) -> dict[str, Any]:
 
 
 TASKS = {"ingest": ingest_task, "embed": embed_task, "index": index_task, "linker": linker_task,
-         "shards": shards_task, "train": train_task}
+         "linker_eval": linker_eval_task, "shards": shards_task, "train": train_task}
 
 
 def run_stage(stage: str, cfg: BuildConfig, force: bool = False,
@@ -188,8 +195,11 @@ def index_flow(name: str = "hpo", root: str | None = None, embed: dict[str, Any]
 @flow(name="linker")
 def linker_flow(name: str = "hpo", root: str | None = None, embed: dict[str, Any] | None = None,
                 force: bool = False) -> dict[str, Any]:
-    """The spaCy pipeline with ``kg_linker`` (the "link" stage)."""
-    return run_stage("linker", _section_cfg(name, root, embed=embed), force)
+    """The spaCy pipeline with ``kg_linker`` (the "link" stage), and its alias recall."""
+    cfg = _section_cfg(name, root, embed=embed)
+    entry = run_stage("linker", cfg, force)
+    recall = run_stage("linker_eval", cfg, force)
+    return {**entry, "metrics": {**entry.get("metrics", {}), **recall["metrics"]}}
 
 
 @flow(name="shards")

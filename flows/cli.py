@@ -156,6 +156,8 @@ def cmd_run(args) -> dict:
 
     cfg = load_build_config(args.config, args.root)  # fail fast, before Prefect starts
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # the ephemeral API's default 20 s start-up limit is too short on a busy 2-core machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from flows.build import build_kg
     from flows.report import print_report
 

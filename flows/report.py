@@ -15,7 +15,8 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str
         counts = entry.get("counts", {})
         metrics = entry.get("metrics", {})
         shown = ", ".join(f"{k}={v}" for k, v in counts.items() if isinstance(v, int))
-        m = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if k in ("mrr", "hits_at_10"))
+        m = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()
+                      if k in ("mrr", "hits_at_10", "alias_recall_at_1", "alias_recall_at_10") and v is not None)
         if stage == "train":
             m = f"knowledge_loss {metrics['first']['knowledge_loss']:.3f}→{metrics['last']['knowledge_loss']:.3f}"
         wall = entry.get("wall_time_s")

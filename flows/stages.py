@@ -62,6 +62,11 @@ SPECS: dict[str, StageSpec] = {
         lambda cfg, lay: {"entities": lay.entities, "aliases": lay.aliases, "vectors": _vectors(cfg, lay)},
         lambda cfg: {"model": cfg.embed.model},
         lambda cfg, lay: [lay.linker]),
+    "linker_eval": StageSpec(
+        "linker_eval", ("linking", "flows"), lambda cfg: "eval:linker",
+        lambda cfg, lay: {"aliases": lay.aliases, "linker": lay.linker},
+        lambda cfg: {"sample": 500, "k": 10, "seed": 0},
+        lambda cfg, lay: []),
     "shards": StageSpec(
         "shards", ("pipelines", "linking"), lambda cfg: "shards",
         lambda cfg, lay: {"entities": lay.entities, "relations": lay.relations, "splits": lay.splits,
