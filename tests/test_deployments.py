@@ -131,7 +131,9 @@ def test_deployments_run_on_a_real_server_and_worker(tmp_path, data_dir):
         table = by_key["kalora-tiny-stages"]["data"]
         table = json.loads(table) if isinstance(table, str) else table
         assert [row["stage"] for row in table] == ["ingest", "embed", "index", "linker", "shards", "train"]
-        assert "mrr=" in by_key["kalora-tiny-report"]["data"]
+        report = by_key["kalora-tiny-report"]["data"]
+        assert "mrr=" in report and "alias_recall_at_10=" in report and "training.png" in report
+        assert by_key["kalora-tiny-plot-embedding-training"]["data"].endswith("embeddings/transe/training.png")
         subflows = httpx.post(f"{api}/flow_runs/filter", json={}).json()
         assert {f["name"] for f in httpx.post(f"{api}/flows/filter", json={}).json()} >= {
             "build-kg", "ingest", "embed", "index", "linker", "shards", "train"}
