@@ -246,9 +246,34 @@ def code_version(packages: list[str] | tuple[str, ...]) -> str:
     return f"{versions.get('kalora-kg', '0+unknown')}+src.{h.hexdigest()[:16]}"
 
 
+_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+
+
+def _file_digest(path: Path) -> str:
+    """``file_sha256``, remembered for this process while the file keeps its inode, size and
+    mtime (several stages of one run read the same tables)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = file_sha256(path)
+    return _DIGESTS[key]
+
+
+def input_digest(path: Path) -> str:
+    """The same value as ``tree_sha256``, with per-file digests remembered (``_file_digest``)."""
+    path = Path(path)
+    if path.is_file():
+        return _file_digest(path)
+    h = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file() and not q.name.startswith(".")):
+        h.update(str(p.relative_to(path)).encode())
+        h.update(_file_digest(p).encode())
+    return h.hexdigest()
+
+
 def input_digests(paths: dict[str, Path | None]) -> dict[str, str | None]:
     """Content hash of each named input (file or directory tree); ``None`` for an absent input."""
-    return {name: (tree_sha256(p) if p is not None and Path(p).exists() else None) for name, p in paths.items()}
+    return {name: (input_digest(p) if p is not None and Path(p).exists() else None) for name, p in paths.items()}
 
 
 def cache_key(inputs: dict[str, str | None], parameters: dict[str, Any], code: str) -> str:
