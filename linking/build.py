@@ -29,7 +29,7 @@ def build_linker(layout: ArtifactLayout, model: str | None = "transe") -> dict[s
 
     with Timer() as timer:
         table = AliasTable.from_layout(layout)
-        ents = pq.read_table(layout.entities, columns=["entity_id", "types", "prior"])
+        ents = pq.read_table(layout.entities, columns=["entity_id", "types", "prior", "description"])
         vectors = None
         if model is not None and (layout.embeddings(model) / "entities.npy").exists():
             vectors = np.load(layout.embeddings(model) / "entities.npy", allow_pickle=False)
@@ -37,11 +37,13 @@ def build_linker(layout: ArtifactLayout, model: str | None = "transe") -> dict[s
         linker = nlp.add_pipe("kg_linker")
         linker.initialize_kb(table, ents.column("entity_id").to_pylist(),
                              [_entity_label(t) for t in ents.column("types").to_pylist()],
-                             ents.column("prior").to_numpy(), vectors)
+                             ents.column("prior").to_numpy(), vectors, ents.column("description").to_pylist())
         with staged_dir(layout.linker) as tmp:
             nlp.to_disk(tmp)
     log.info("linker with %d aliases saved to %s", len(table), layout.linker)
-    return record_stage(layout, "linker", parameters={"embedding_model": model, "has_vectors": vectors is not None},
+    reranker = linker.reranker.meta if linker.reranker is not None else None
+    return record_stage(layout, "linker", parameters={"embedding_model": model, "has_vectors": vectors is not None,
+                                                      "reranker": reranker},
                         outputs={"linker": str(layout.linker)}, counts={"aliases": len(table)},
                         wall_time_s=timer.seconds)
 

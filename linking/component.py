@@ -8,6 +8,7 @@ and ``.npy`` (no pickle).
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,15 @@ from spacy.tokens import Doc, Span
 from spacy.util import filter_spans
 
 from linking.aliases import AliasTable
-from linking.candidates import (DenseNameGenerator, ExactAliasGenerator, HybridGenerator, TfidfCharGenerator,
-                                candidates_from_rows)
+from linking.candidates import (CandidateGenerator, DenseNameGenerator, ExactAliasGenerator, HybridGenerator,
+                                TfidfCharGenerator, candidates_from_rows)
+from linking.context import ContextModel, mention_contexts
 from linking.disambiguation import DisambiguationWeights, Ranked, prior_scores, rank
 from linking.matcher import AliasMatcher
-from pipelines.errors import ArtifactError, InputError
+from linking.rerank import NameIndex, RerankedGenerator, Reranker, train_reranker
+from pipelines.errors import ArtifactError, ConfigError, InputError
+
+log = logging.getLogger(__name__)
 
 for _name, _default in (("kg_score", None), ("kg_candidates", None)):
     if not Span.has_extension(_name):
@@ -33,19 +38,26 @@ for _name, _default in (("kg_score", None), ("kg_candidates", None)):
 @Language.factory(
     "kg_linker",
     default_config={"top_k": 5, "min_score": 0.0, "use_ner_spans": False, "dense_model": None,
-                    "fuzzy_weights": {"tfidf": 0.5, "dense": 0.5},
-                    "weights": {"string": 0.6, "prior": 0.15, "coherence": 0.25}},
+                    "fuzzy_weights": {"tfidf": 0.5, "dense": 0.5}, "rerank": True, "context_window": 25,
+                    "weights": {"string": 0.55, "prior": 0.15, "context": 0.1, "coherence": 0.2}},
 )
 def make_kg_linker(nlp: Language, name: str, top_k: int, min_score: float, use_ner_spans: bool,
-                   dense_model: str | None, fuzzy_weights: dict[str, float], weights: dict[str, float]) -> "KGLinker":
+                   dense_model: str | None, fuzzy_weights: dict[str, float], weights: dict[str, float],
+                   rerank: bool, context_window: int) -> "KGLinker":
     if top_k <= 0:
         raise InputError(f"[components.{name}] top_k must be > 0, got {top_k}")
+    if context_window < 0:
+        raise InputError(f"[components.{name}] context_window must be >= 0, got {context_window}")
     unknown = set(fuzzy_weights) - {"tfidf", "dense"}
     if unknown:
         raise InputError(f"[components.{name}.fuzzy_weights] unknown key(s) {sorted(unknown)}: expected tfidf, dense")
+    unknown = set(weights) - {"string", "prior", "context", "coherence"}
+    if unknown:
+        raise ConfigError(f"[components.{name}.weights] unknown key(s) {sorted(unknown)}: "
+                          "expected string, prior, context, coherence")
     return KGLinker(nlp, name, top_k=top_k, min_score=min_score, use_ner_spans=use_ner_spans,
                     dense_model=resolve_dense_model(dense_model), fuzzy_weights=dict(fuzzy_weights),
-                    weights=DisambiguationWeights(**weights))
+                    weights=DisambiguationWeights(**weights), rerank=rerank, context_window=context_window)
 
 
 def resolve_dense_model(spec: str | None) -> str | None:
@@ -68,8 +80,15 @@ class KGLinker:
     def __init__(self, nlp: Language, name: str = "kg_linker", *, top_k: int = 5, min_score: float = 0.0,
                  use_ner_spans: bool = False, dense_model: str | None = None,
                  fuzzy_weights: dict[str, float] | None = None,
-                 weights: DisambiguationWeights = DisambiguationWeights()):
+                 weights: DisambiguationWeights = DisambiguationWeights(), rerank: bool = True,
+                 context_window: int = 25):
         self.name = name
+        self.rerank = rerank
+        self.context_window = context_window
+        self.reranker: Reranker | None = None
+        self.descriptions: list[str] = []
+        self._names: NameIndex | None = None
+        self._context: ContextModel | None = None
         self.dense_model = dense_model
         self.fuzzy_weights = fuzzy_weights or {"tfidf": 0.5, "dense": 0.5}
         self._dense: DenseNameGenerator | None = None
@@ -89,8 +108,22 @@ class KGLinker:
 
     # -- building -----------------------------------------------------------------------------
     def initialize_kb(self, table: AliasTable, entity_ids: list[str], entity_types: list[str],
-                      priors: np.ndarray, vectors: np.ndarray | None = None) -> None:
-        """``entity_ids[i]``/``entity_types[i]``/``priors[i]`` describe KG index ``i + 1``."""
+                      priors: np.ndarray, vectors: np.ndarray | None = None,
+                      descriptions: list[str | None] | None = None) -> None:
+        """``entity_ids[i]``/``entity_types[i]``/``priors[i]``/``descriptions[i]`` describe KG index
+        ``i + 1``. With ``rerank`` on, the candidate reranker is trained here, on the table's own
+        synonyms (:func:`linking.rerank.train_reranker`); a table with too few multi-name entities
+        keeps the untrained exact + TF-IDF ranking."""
+        self._set_kb(table, entity_ids, entity_types, priors, vectors, descriptions)
+        self.reranker = None
+        if self.rerank:
+            try:
+                self.reranker = train_reranker(table, self.prior, name_vectors_fn=self._name_vectors_fn(table))
+            except ArtifactError as exc:
+                log.info("no candidate reranker: %s", exc)
+
+    def _set_kb(self, table: AliasTable, entity_ids: list[str], entity_types: list[str], priors: np.ndarray,
+                vectors: np.ndarray | None, descriptions: list[str | None] | None) -> None:
         if len(table) == 0:
             raise InputError("cannot build a linker over an empty knowledge base (no usable aliases)")
         self.table = table
@@ -99,11 +132,16 @@ class KGLinker:
         self.prior = np.concatenate([[0.0], prior_scores(np.asarray(priors))]).astype(np.float32)
         if vectors is not None and len(vectors) != len(entity_ids) + 1:
             raise ArtifactError(f"{len(vectors)} entity vectors for {len(entity_ids)} entities (+1 padding row)")
+        if descriptions is not None and len(descriptions) != len(entity_ids):
+            raise InputError(f"{len(descriptions)} descriptions for {len(entity_ids)} entities")
         self.vectors = vectors
+        self.descriptions = [d or "" for d in descriptions] if descriptions is not None else [""] * len(entity_ids)
         self._matcher = AliasMatcher(table)
         self._exact = ExactAliasGenerator(table)
         self._tfidf = None
         self._dense = None
+        self._names = None
+        self._context = None
 
     def _require(self) -> AliasTable:
         if self.table is None:
@@ -121,7 +159,11 @@ class KGLinker:
             found = self._matcher.find(doc.text, tokens)
             spans = [doc[s:e] for s, e, _ in found]
             cands = [candidates_from_rows(table, rows, self.top_k) for _, _, rows in found]
-        ranked = rank(cands, self.prior, self.vectors, self.weights)
+        context = None
+        if self.weights.context > 0 and self.context_window > 0 and spans:
+            context = self._context_model().similarity(mention_contexts(doc, spans, self.context_window),
+                                                        [[c.entity_index for c in cs] for cs in cands])
+        ranked = rank(cands, self.prior, self.vectors, self.weights, context)
         linked = []
         for span, options in zip(spans, ranked):
             if not options or options[0].score < self.min_score:
@@ -136,11 +178,49 @@ class KGLinker:
         return doc
 
     def candidates(self, mentions: list[str], k: int) -> list[list[Ranked]]:
-        """Rank candidates for bare mentions (no context): exact alias hits, then TF-IDF neighbours."""
+        """Rank candidates for bare mentions (no context): the reranked pool when the linker has a
+        reranker, else exact alias hits, then TF-IDF neighbours."""
         table = self._require()
         return [rank([c], self.prior, None, self.weights)[0] for c in self._hybrid(table)(mentions, k)]
 
-    def _hybrid(self, table: AliasTable) -> HybridGenerator:
+    def _hybrid(self, table: AliasTable) -> CandidateGenerator:
+        if self.reranker is not None:
+            return RerankedGenerator(self._name_index(table), self.reranker, self.prior, self._query_encoder(table))
+        return self._untrained_hybrid(table)
+
+    def _name_index(self, table: AliasTable) -> NameIndex:
+        if self._names is None:
+            vectors = self._dense_generator(table).vectors if self.dense_model is not None else None
+            self._names = NameIndex(table, name_vectors=vectors)
+        return self._names
+
+    def _query_encoder(self, table: AliasTable):
+        return self._dense_generator(table).encode if self.dense_model is not None else None
+
+    def _name_vectors_fn(self, table: AliasTable):
+        """For training: dense vectors of names, looked up in the (cached) table encodings."""
+        if self.dense_model is None:
+            return None
+        dense = self._dense_generator(table)
+        position = {n: i for i, n in enumerate(dense.norms.tolist())}
+
+        def vectors(names: list[str]) -> np.ndarray:
+            missing = [n for n in names if n not in position]
+            extra = dict(zip(missing, dense.encode(missing))) if missing else {}
+            return np.stack([dense.vectors[position[n]] if n in position else extra[n] for n in names])
+
+        return vectors
+
+    def _context_model(self) -> ContextModel:
+        if self._context is None:
+            table = self._require()
+            names: list[list[str]] = [[] for _ in self.entity_ids]
+            for alias, ent in zip(table.alias, table.entity_index.tolist()):
+                names[ent - 1].append(alias)
+            self._context = ContextModel([" ".join(n) + " " + d for n, d in zip(names, self.descriptions)])
+        return self._context
+
+    def _untrained_hybrid(self, table: AliasTable) -> HybridGenerator:
         fuzzy = [(self._tfidf_generator(table), self.fuzzy_weights.get("tfidf", 0.5))]
         if self.dense_model is not None:
             fuzzy.append((self._dense_generator(table), self.fuzzy_weights.get("dense", 0.5)))
@@ -168,14 +248,18 @@ class KGLinker:
                                  "entity_index": pa.array(table.entity_index, pa.int32()), "kind": table.kind}),
                        path / "aliases.parquet")
         pq.write_table(pa.table({"entity_id": self.entity_ids, "type": self.entity_types,
-                                 "prior": pa.array(self.prior[1:], pa.float32())}), path / "entities.parquet")
+                                 "prior": pa.array(self.prior[1:], pa.float32()),
+                                 "description": pa.array(self.descriptions, pa.string())}), path / "entities.parquet")
+        if self.reranker is not None:
+            self.reranker.save(path / "reranker.json")
         if self.vectors is not None:
             np.save(path / "vectors.npy", self.vectors.astype(np.float32), allow_pickle=False)
         self._tfidf_generator(table).save(path)
         if self.dense_model is not None:
             np.save(path / "name_vectors.npy", self._dense_generator(table).vectors, allow_pickle=False)
         (path / "kb.json").write_text(json.dumps({"aliases": len(table), "entities": len(self.entity_ids),
-                                                  "has_vectors": self.vectors is not None}))
+                                                  "has_vectors": self.vectors is not None,
+                                                  "reranker": self.reranker.meta if self.reranker else None}))
 
     def from_disk(self, path: str | Path, *, exclude: tuple = ()) -> "KGLinker":
         path = Path(path)
@@ -186,8 +270,10 @@ class KGLinker:
         table = AliasTable(a.column("alias").to_pylist(), a.column("alias_norm").to_pylist(),
                            a.column("entity_index").to_numpy(), a.column("kind").to_pylist())
         vectors = np.load(path / "vectors.npy", allow_pickle=False) if (path / "vectors.npy").exists() else None
-        self.initialize_kb(table, e.column("entity_id").to_pylist(), e.column("type").to_pylist(),
-                           np.zeros(e.num_rows), vectors)
+        descriptions = e.column("description").to_pylist() if "description" in e.column_names else None
+        self._set_kb(table, e.column("entity_id").to_pylist(), e.column("type").to_pylist(),
+                     np.zeros(e.num_rows), vectors, descriptions)
         self.prior = np.concatenate([[0.0], e.column("prior").to_numpy()]).astype(np.float32)
+        self.reranker = Reranker.load(path / "reranker.json") if (path / "reranker.json").exists() else None
         self._saved_dir = path  # the TF-IDF model is loaded on first use of candidates()
         return self

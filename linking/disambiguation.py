@@ -1,9 +1,12 @@
 """Rank the candidates of every mention in a document.
 
-score = w_string · string similarity + w_prior · popularity prior + w_coherence · graph coherence,
-where the prior is log-scaled (sitelinks, annotation counts) and coherence is the cosine between a
-candidate's KG embedding and the embeddings of the other mentions' leading candidates. Terms that
-cannot be computed (no embeddings, a single mention) drop out and the weights are renormalised.
+score = w_string · string similarity + w_prior · popularity prior + w_context · context similarity
+        + w_coherence · graph coherence,
+where the prior is log-scaled (sitelinks, annotation counts), context similarity is the cosine
+between the words around the mention and the candidate's names and description
+(:mod:`linking.context`), and coherence is the cosine between a candidate's KG embedding and the
+embeddings of the other mentions' leading candidates. Terms that cannot be computed for a mention
+(no embeddings, a single mention, no context words) drop out and the weights are renormalised.
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ from pipelines.errors import ConfigError
 
 @dataclass(frozen=True)
 class DisambiguationWeights:
-    string: float = 0.6
+    string: float = 0.55
     prior: float = 0.15
-    coherence: float = 0.25
+    context: float = 0.1
+    coherence: float = 0.2
 
     def __post_init__(self) -> None:
-        for name in ("string", "prior", "coherence"):
+        for name in ("string", "prior", "context", "coherence"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"[kg_linker -> weights -> {name}] must be >= 0")
 
@@ -43,16 +47,21 @@ def prior_scores(priors: np.ndarray) -> np.ndarray:
 
 
 def rank(candidates: list[list[Candidate]], prior: np.ndarray, vectors: np.ndarray | None,
-         weights: DisambiguationWeights = DisambiguationWeights()) -> list[list[Ranked]]:
-    """``prior`` and ``vectors`` are indexed by KG entity index (row 0 = padding)."""
+         weights: DisambiguationWeights = DisambiguationWeights(),
+         context: list[dict[int, float]] | None = None) -> list[list[Ranked]]:
+    """``prior`` and ``vectors`` are indexed by KG entity index (row 0 = padding); ``context[m]``
+    maps mention m's candidates to their context similarity (empty: no context for m)."""
     coherence = _coherence(candidates, vectors) if vectors is not None else None
     out = []
     for m, cands in enumerate(candidates):
-        w_s, w_p, w_c = weights.string, weights.prior, weights.coherence if coherence is not None else 0.0
-        total = (w_s + w_p + w_c) or 1.0
+        ctx = context[m] if context is not None else {}
+        w_s, w_p = weights.string, weights.prior
+        w_c = weights.coherence if coherence is not None else 0.0
+        w_x = weights.context if ctx else 0.0
+        total = (w_s + w_p + w_c + w_x) or 1.0
         ranked = []
         for c in cands:
-            s = w_s * c.score + w_p * float(prior[c.entity_index])
+            s = w_s * c.score + w_p * float(prior[c.entity_index]) + w_x * ctx.get(c.entity_index, 0.0)
             if coherence is not None:
                 s += w_c * coherence[m].get(c.entity_index, 0.5)
             ranked.append(Ranked(c.entity_index, s / total, c.alias, c.kind))

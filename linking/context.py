@@ -1,0 +1,67 @@
+"""Context similarity: how well the words around a mention fit what the KG says about a candidate.
+
+Each entity gets a profile, the word TF-IDF vector of its names and description (the HPO
+definition, the Wikidata description); a mention's context is the TF-IDF vector of the words within
+``window`` tokens on either side of it, the mention itself left out (its words match every
+candidate's names). The similarity is their cosine. The vocabulary and weights are fitted on the
+profiles, deterministically, so a saved linker rebuilds the same model from its own tables.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from pipelines.normalize import normalize_alias
+
+STOPWORDS = frozenset(
+    "a an and are as at be by for from has have in into is it its of on or that the this to was were which with "
+    "who whom whose not no can may also such than then there these those their they been being".split())
+
+
+def context_words(text: str) -> list[str]:
+    """Normalised words, stop words and one-letter tokens dropped, cut to a 6-letter stem."""
+    return [w[:6] for w in normalize_alias(text).split(" ") if len(w) > 1 and w not in STOPWORDS]
+
+
+def _given(tokens: list[str]) -> list[str]:
+    return tokens
+
+
+class ContextModel:
+    """Word TF-IDF profiles of entities; rows are KG entity indices (row 0 = padding, empty)."""
+
+    def __init__(self, profiles: list[str]):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        self.vectorizer = TfidfVectorizer(analyzer=_given, sublinear_tf=True, dtype=np.float32)
+        docs = [context_words(p or "") for p in profiles]
+        matrix = self.vectorizer.fit_transform([[]] + docs) if any(docs) else sp.csr_matrix((len(docs) + 1, 1))
+        self.profiles = matrix.tocsr()
+
+    def vectors(self, contexts: list[str]) -> sp.csr_matrix:
+        if not hasattr(self.vectorizer, "vocabulary_"):
+            return sp.csr_matrix((len(contexts), self.profiles.shape[1]), dtype=np.float32)
+        return self.vectorizer.transform([context_words(c) for c in contexts]).tocsr()
+
+    def similarity(self, contexts: list[str], candidates: list[list[int]]) -> list[dict[int, float]]:
+        """Cosine between each context and each of its candidate entities' profiles."""
+        vecs = self.vectors(contexts)
+        out = []
+        for m, ents in enumerate(candidates):
+            if not ents or vecs[m].nnz == 0:
+                out.append({})
+                continue
+            sims = np.asarray((self.profiles[ents] @ vecs[m].T).todense()).ravel()
+            out.append(dict(zip(ents, sims.tolist())))
+        return out
+
+
+def mention_contexts(doc, spans, window: int = 25) -> list[str]:
+    """The text of ``window`` tokens on either side of each span, without the span itself."""
+    out = []
+    for span in spans:
+        left = doc[max(0, span.start - window):span.start].text
+        right = doc[span.end:min(len(doc), span.end + window)].text
+        out.append(f"{left} {right}")
+    return out

@@ -1,0 +1,492 @@
+"""Learned candidate reranking for bare mentions.
+
+A pool of alias names is gathered per mention (exact and variant keys, character 3-gram TF-IDF
+neighbours, word-stem TF-IDF neighbours, abbreviation initials), every (mention, alias) pair gets a
+handful of string features, and a logistic regression turns them into a match probability; an
+entity's score is its best alias's. The model is trained at build time on the knowledge base's own
+synonyms (:func:`train_reranker`: one alias of every multi-name entity held out, the rest indexed,
+the held-out names linked), so it never sees anything outside the alias table it serves. The
+weights are a few dozen floats, saved as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from linking.aliases import DEFAULT_KIND_WEIGHT, KIND_WEIGHTS, AliasTable
+from pipelines.errors import ArtifactError
+from pipelines.normalize import normalize_alias, variant_key
+
+log = logging.getLogger(__name__)
+
+STOPWORDS = frozenset("of the and in a an to with or by on for at from as".split())
+STEM_CHARS = 5  # a word's first five letters: "abnormality"/"abnormal", "hypertrophic"/"hypertrophy"
+# character 3-grams carried by more aliases than this are skipped when *searching* (they are
+# "abn", "ity", "ica"…: expensive posting lists that barely move cosine); features use all of them
+CHAR_SEARCH_MAX_DF = 1500
+STEM_SEARCH_MAX_DF = 1500
+
+FEATURES = ("char_cos", "word_cos", "stem_cos", "dense_cos", "exact", "variant", "jaccard", "len_ratio",
+            "word_count_diff", "first_stem", "last_stem", "initials", "char_rank", "stem_rank", "kind_weight",
+            "is_label", "log_aliases", "prior", "char_x_stem", "query_len", "trans_cos", "trans_rank")
+TRANSLATION_MIN_COUNT = 2     # stem pairs seen in fewer same-entity name pairs are noise
+TRANSLATION_MIN_P = 0.05
+TRANSLATION_TOP = 10          # targets kept per source stem (bounds the query expansion's fan-out)
+TRANSLATION_WEIGHT = 1.0
+
+
+def word_keys(norm: str, stem: int | None = STEM_CHARS) -> list[str]:
+    """Content words of a normalised name in American/singular form, optionally cut to a stem."""
+    return [w[:stem] if stem else w for w in variant_key(norm).split(" ") if w and w not in STOPWORDS]
+
+
+def _stem_keys(norm: str) -> list[str]:
+    return word_keys(norm)
+
+
+def _given(tokens: list[str]) -> list[str]:
+    """Analyzer for token lists computed once per name (see :class:`_Parsed`)."""
+    return tokens
+
+
+class _Parsed:
+    """Per-name keys, computed once: variant key, content words, word stems."""
+
+    def __init__(self, norms: list[str]):
+        self.variants = [variant_key(n) for n in norms]
+        self.words = [[w for w in v.split(" ") if w and w not in STOPWORDS] for v in self.variants]
+        self.stems = [[w[:STEM_CHARS] for w in ws] for ws in self.words]
+
+
+def initials(norm: str) -> str:
+    """"total lung capacity" → "tlc"; "atrial septal defect" → "asd" (stop words skipped)."""
+    words = [w for w in norm.split(" ") if w and w not in STOPWORDS]
+    return "".join(w[0] for w in words) if len(words) >= 2 else ""
+
+
+def _tfidf(analyzer):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    kwargs = {"analyzer": "char_wb", "ngram_range": (3, 3)} if analyzer == "char" else {"analyzer": analyzer}
+    return TfidfVectorizer(min_df=1, dtype=np.float32, sublinear_tf=True, **kwargs)
+
+
+def _unique_norms(table: AliasTable):
+    norms, inverse = np.unique(np.asarray(table.alias_norm, dtype=object), return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    starts = np.searchsorted(inverse[order], np.arange(len(norms)))
+    return norms, order, starts, np.append(starts[1:], len(order))
+
+
+def _row_dots(a: sp.csr_matrix, ai: np.ndarray, b: sp.csr_matrix, bi: np.ndarray) -> np.ndarray:
+    """Dot products a[ai[j]] · b[bi[j]] for every j, without densifying."""
+    if len(ai) == 0:
+        return np.zeros(0, np.float32)
+    return np.asarray(a[ai].multiply(b[bi]).sum(1), dtype=np.float32).ravel()
+
+
+def _block_indicator(widths: list[int]) -> sp.csr_matrix:
+    edges = np.cumsum([0, *widths])
+    which = np.searchsorted(edges, np.arange(edges[-1]), side="right") - 1
+    return sp.csr_matrix((np.ones(edges[-1], np.float32), (np.arange(edges[-1]), which)),
+                         shape=(edges[-1], len(widths)))
+
+
+def _block_row_dots(queries: list[sp.csr_matrix], names: sp.csr_matrix, indicator: sp.csr_matrix,
+                    ai: np.ndarray, bi: np.ndarray) -> np.ndarray:
+    """Per block: query block row ai[j] · name block row bi[j] (``names`` holds the blocks side by
+    side, ``indicator`` maps its columns to blocks); one sparse pass for all blocks."""
+    if len(ai) == 0:
+        return np.zeros((0, indicator.shape[1]), np.float32)
+    a = sp.hstack(queries, format="csr")
+    return np.asarray((a[ai].multiply(names[bi]) @ indicator).todense(), np.float32)
+
+
+def _top_columns(sims: sp.csr_matrix, n: int) -> list[np.ndarray]:
+    """Column indices of the n largest entries of every row, best first."""
+    out = []
+    indptr, data, indices = sims.indptr, sims.data, sims.indices
+    for i in range(sims.shape[0]):
+        d, c = data[indptr[i]:indptr[i + 1]], indices[indptr[i]:indptr[i + 1]]
+        if len(d) > n:
+            keep = np.argpartition(-d, n)[:n]
+            d, c = d[keep], c[keep]
+        out.append(c[np.argsort(-d, kind="stable")])
+    return out
+
+
+def _normalize_rows(m: sp.csr_matrix) -> sp.csr_matrix:
+    from sklearn.preprocessing import normalize
+
+    return normalize(m.tocsr(), copy=False)
+
+
+def stem_translation(table: AliasTable, vocab: dict[str, int]) -> sp.csr_matrix:
+    """P(t | s) over word stems, from the pairs of names that share an entity ("small" → "micro",
+    "hypop"; "fast" → "tachy"): how often stem t appears in another name of an entity whose name
+    contains s. Identity pairs are left out; the query side adds its own stems back."""
+    from collections import Counter
+
+    names_of: dict[int, set[str]] = {}
+    for norm, ent in zip(table.alias_norm, table.entity_index.tolist()):
+        names_of.setdefault(ent, set()).add(norm)
+    pair: Counter = Counter()
+    single: Counter = Counter()
+    for names in names_of.values():
+        if len(names) < 2:
+            continue
+        stems = [{s for s in _stem_keys(n) if s in vocab} for n in names]
+        for i, a in enumerate(stems):
+            others = set().union(*(b for j, b in enumerate(stems) if j != i))
+            for s in a:
+                single[s] += 1
+                pair.update((s, t) for t in others if t != s)
+    best: dict[str, list[tuple[float, str]]] = {}
+    for (s, t), n in pair.items():
+        p = n / single[s]
+        if n >= TRANSLATION_MIN_COUNT and p >= TRANSLATION_MIN_P:
+            best.setdefault(s, []).append((p, t))
+    rows, cols, vals = [], [], []
+    for s, targets in best.items():
+        for p, t in sorted(targets, reverse=True)[:TRANSLATION_TOP]:
+            rows.append(vocab[s])
+            cols.append(vocab[t])
+            vals.append(p)
+    n = len(vocab)
+    return sp.csr_matrix((np.array(vals, np.float32), (rows, cols)), shape=(n, n))
+
+
+@dataclass
+class NameIndex:
+    """The unique normalised names of an alias table, with everything the pool and the features need."""
+
+    table: AliasTable
+    char_vocab: dict[str, int] | None = None
+    char_idf: np.ndarray | None = None
+    word_vocab: dict[str, int] | None = None
+    word_idf: np.ndarray | None = None
+    stem_vocab: dict[str, int] | None = None
+    stem_idf: np.ndarray | None = None
+    name_vectors: np.ndarray | None = None  # dense name embeddings, one per unique norm (optional)
+    vectorizers: dict = field(default_factory=dict, init=False)
+    translation: sp.csr_matrix | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        t = self.table
+        self.norms, self.rows_sorted, self.starts, self.ends = _unique_norms(t)
+        names = self.norms.tolist()
+        parsed = _Parsed(names)
+        self.matrices = {}
+        for key, analyzer, docs in (("char", "char", names), ("word", _given, parsed.words),
+                                    ("stem", _given, parsed.stems)):
+            vec = _tfidf(analyzer)
+            vocab, idf = getattr(self, f"{key}_vocab"), getattr(self, f"{key}_idf")
+            if vocab is None:
+                self.matrices[key] = vec.fit_transform(docs).tocsr()
+            else:
+                vec.vocabulary_, vec.idf_ = vocab, idf
+                self.matrices[key] = vec.transform(docs).tocsr()
+            self.vectorizers[key] = vec
+        df = np.diff(self.matrices["char"].tocsc().indptr)
+        self.char_search_mask = sp.diags((df <= CHAR_SEARCH_MAX_DF).astype(np.float32)).tocsr()
+        stem_df = np.diff(self.matrices["stem"].tocsc().indptr)
+        self.stem_search_mask = sp.diags((stem_df <= STEM_SEARCH_MAX_DF).astype(np.float32)).tocsr()
+        binary = self.matrices["word"].copy()
+        binary.data[:] = 1.0
+        self.word_binary = binary
+        blocks = [self.matrices["char"], self.matrices["word"], self.matrices["stem"], self.matrices["stem"], binary]
+        self.name_blocks = sp.hstack(blocks, format="csr")
+        self.block_indicator = _block_indicator([b.shape[1] for b in blocks])
+        # search matrices: common n-grams/stems dropped from the posting lists (see CHAR_SEARCH_MAX_DF)
+        self.char_t = (self.char_search_mask @ self.matrices["char"].T).tocsr()
+        self.stem_t = (self.stem_search_mask @ self.matrices["stem"].T).tocsr()
+        self.translation = stem_translation(t, self.vectorizers["stem"].vocabulary_)
+        self.by_norm = {n: u for u, n in enumerate(names)}
+        self.by_variant: dict[str, list[int]] = {}
+        self.by_initials: dict[str, list[int]] = {}
+        for u, n in enumerate(names):
+            self.by_variant.setdefault(parsed.variants[u], []).append(u)
+            if ini := initials(n):
+                self.by_initials.setdefault(ini, []).append(u)
+        stems = parsed.stems
+        self.first_stem = np.array([s[0] if s else "" for s in stems], dtype=object)
+        self.last_stem = np.array([s[-1] if s else "" for s in stems], dtype=object)
+        self.n_words = np.array([len(s) for s in stems], dtype=np.float32)
+        self.n_chars = np.array([len(n) for n in names], dtype=np.float32)
+        self.n_distinct_words = np.asarray(self.word_binary.sum(1), np.float32).ravel()
+        self.norm_variant = np.array(parsed.variants, dtype=object)
+        self.norm_initials = np.array([initials(n) for n in names], dtype=object)
+        n_aliases = np.bincount(t.entity_index, minlength=int(t.entity_index.max()) + 1)
+        self.row_log_aliases = np.log1p(n_aliases[t.entity_index]).astype(np.float32)
+        self.row_kind_weight = np.array([KIND_WEIGHTS.get(k, DEFAULT_KIND_WEIGHT) for k in t.kind], np.float32)
+        self.row_is_label = np.array([k == "label" for k in t.kind], np.float32)
+        if self.name_vectors is not None and len(self.name_vectors) != len(names):
+            raise ArtifactError(f"{len(self.name_vectors)} name vectors for {len(names)} unique aliases: rebuild the linker")
+
+    def vocabularies(self) -> dict:
+        return {key: ({k: int(v) for k, v in vec.vocabulary_.items()}, vec.idf_.astype(np.float32))
+                for key, vec in self.vectorizers.items()}
+
+    # -- candidate pool ---------------------------------------------------------------------
+    def pool(self, qnorms: list[str], parsed: _Parsed, query_vectors: np.ndarray | None, n_char: int, n_stem: int,
+             n_dense: int):
+        """(query position, unique-norm position) pairs and the query-side matrices."""
+        q_char = self.vectorizers["char"].transform(qnorms).tocsr()
+        q_stem = self.vectorizers["stem"].transform(parsed.stems).tocsr()
+        q_trans = _normalize_rows(_normalize_rows(q_stem @ self.translation) * TRANSLATION_WEIGHT + q_stem)
+        char_top = _top_columns((q_char @ self.char_t).tocsr(), n_char)
+        stem_top = _top_columns((q_stem @ self.stem_t).tocsr(), n_stem)
+        trans_top = _top_columns((q_trans @ self.stem_t).tocsr(), n_stem)
+        dense_top = None
+        if query_vectors is not None and self.name_vectors is not None:
+            from linking.index import build_faiss
+
+            if getattr(self, "_faiss", None) is None:
+                self._faiss, _ = build_faiss(self.name_vectors)
+            _, dense_top = self._faiss.search(np.ascontiguousarray(query_vectors, np.float32), n_dense)
+        qi, ui, ranks_out = [], [], []
+        for q, norm in enumerate(qnorms):
+            ranks: dict[int, list[float]] = {}
+            for slot, top in enumerate((char_top[q], stem_top[q], trans_top[q])):
+                for r, u in enumerate(top):
+                    ranks.setdefault(int(u), [0.0, 0.0, 0.0])[slot] = 1.0 / (1 + r)
+            if dense_top is not None:
+                for u in dense_top[q]:
+                    if u >= 0:
+                        ranks.setdefault(int(u), [0.0, 0.0, 0.0])
+            extra = self.by_variant.get(parsed.variants[q], [])
+            if (u := self.by_norm.get(norm)) is not None:
+                extra = [u, *extra]
+            if " " not in norm and 2 <= len(norm) <= 8:
+                extra = [*extra, *self.by_initials.get(norm, [])[:20]]
+            for u in extra:
+                ranks.setdefault(u, [0.0, 0.0, 0.0])
+            qi.extend([q] * len(ranks))
+            ui.extend(ranks)
+            ranks_out.extend(ranks.values())
+        ranks_arr = np.array(ranks_out, np.float32).reshape(-1, 3)
+        return np.array(qi, np.int64), np.array(ui, np.int64), ranks_arr, q_char, q_stem, q_trans
+
+    def pair_features(self, qnorms, parsed: _Parsed, query_vectors, qi, ui, ranks, q_char, q_stem,
+                      q_trans) -> np.ndarray:
+        """One row of name-level features per (query, unique norm) pair (entity columns filled later)."""
+        q_word = self.vectorizers["word"].transform(parsed.words).tocsr()
+        q_binary = q_word.copy()
+        q_binary.data[:] = 1.0
+        f = np.zeros((len(qi), len(FEATURES)), np.float32)
+        col = {name: i for i, name in enumerate(FEATURES)}
+        # all sparse cosines in one pass: [char | word | stem | translated stem | binary word]
+        dots = _block_row_dots([q_char, q_word, q_stem, q_trans, q_binary], self.name_blocks, self.block_indicator,
+                               qi, ui)
+        f[:, col["char_cos"]], f[:, col["word_cos"]], f[:, col["stem_cos"]], f[:, col["trans_cos"]] = dots[:, :4].T
+        shared = dots[:, 4]
+        if query_vectors is not None and self.name_vectors is not None:
+            f[:, col["dense_cos"]] = np.einsum("ij,ij->i", query_vectors[qi], self.name_vectors[ui])
+        qn = np.array(qnorms, dtype=object)
+        qvar = np.array(parsed.variants, dtype=object)
+        q_stems = parsed.stems
+        q_first = np.array([s[0] if s else "-" for s in q_stems], dtype=object)
+        q_last = np.array([s[-1] if s else "-" for s in q_stems], dtype=object)
+        q_words = np.array([len(s) for s in q_stems], np.float32)
+        q_chars = np.array([len(n) for n in qnorms], np.float32)
+        q_distinct = np.asarray(q_binary.sum(1), np.float32).ravel()
+        q_compact = np.array([n if " " not in n else "-" for n in qnorms], dtype=object)
+        f[:, col["exact"]] = qn[qi] == self.norms[ui]
+        f[:, col["variant"]] = qvar[qi] == self.norm_variant[ui]
+        f[:, col["jaccard"]] = shared / np.maximum(q_distinct[qi] + self.n_distinct_words[ui] - shared, 1.0)
+        a, b = q_chars[qi], self.n_chars[ui]
+        f[:, col["len_ratio"]] = np.minimum(a, b) / np.maximum(np.maximum(a, b), 1)
+        f[:, col["word_count_diff"]] = np.log1p(np.abs(q_words[qi] - self.n_words[ui]))
+        f[:, col["first_stem"]] = q_first[qi] == self.first_stem[ui]
+        f[:, col["last_stem"]] = q_last[qi] == self.last_stem[ui]
+        f[:, col["initials"]] = q_compact[qi] == self.norm_initials[ui]
+        f[:, col["char_rank"]], f[:, col["stem_rank"]], f[:, col["trans_rank"]] = ranks.T
+        f[:, col["char_x_stem"]] = f[:, col["char_cos"]] * f[:, col["stem_cos"]]
+        f[:, col["query_len"]] = np.log1p(q_words[qi])
+        return f
+
+    def expand_rows(self, qi: np.ndarray, ui: np.ndarray, feats: np.ndarray, prior: np.ndarray):
+        """(query, unique norm) pairs → (query, alias row) pairs, with the alias/entity columns set."""
+        counts = self.ends[ui] - self.starts[ui]
+        pair = np.repeat(np.arange(len(ui)), counts)
+        offsets = np.arange(len(pair)) - np.repeat(np.cumsum(counts) - counts, counts)
+        rows = self.rows_sorted[self.starts[ui][pair] + offsets]
+        f = feats[pair]
+        col = {name: i for i, name in enumerate(FEATURES)}
+        f[:, col["kind_weight"]] = self.row_kind_weight[rows]
+        f[:, col["is_label"]] = self.row_is_label[rows]
+        f[:, col["log_aliases"]] = self.row_log_aliases[rows]
+        ents = self.table.entity_index[rows]
+        f[:, col["prior"]] = prior[ents] if len(prior) > int(ents.max(initial=0)) else 0.0
+        return qi[pair], rows, ents, f
+
+
+@dataclass(frozen=True)
+class Reranker:
+    """A small ReLU network over standardised :data:`FEATURES` with a sigmoid output (no hidden
+    layer = logistic regression); weights as JSON."""
+
+    features: tuple[str, ...]
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: tuple[np.ndarray, ...]
+    biases: tuple[np.ndarray, ...]
+    meta: dict = field(default_factory=dict)
+
+    def score(self, f: np.ndarray) -> np.ndarray:
+        h = (f - self.mean) / self.scale
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = h @ w + b
+            if i < len(self.weights) - 1:
+                np.maximum(h, 0.0, out=h)
+        return 1.0 / (1.0 + np.exp(-h[:, 0]))
+
+    def to_json(self) -> dict:
+        return {"features": list(self.features), "mean": self.mean.tolist(), "scale": self.scale.tolist(),
+                "weights": [w.tolist() for w in self.weights], "biases": [b.tolist() for b in self.biases],
+                "meta": self.meta}
+
+    @classmethod
+    def from_json(cls, data: dict, path: Path | str = "reranker.json") -> "Reranker":
+        if tuple(data.get("features", ())) != FEATURES:
+            raise ArtifactError(f"{path}: reranker features {data.get('features')} do not match this version's "
+                                f"{list(FEATURES)}: rebuild the linker")
+        weights = tuple(np.array(w, np.float32) for w in data["weights"])
+        biases = tuple(np.array(b, np.float32) for b in data["biases"])
+        dims = [len(FEATURES)] + [w.shape[1] for w in weights]
+        if any(w.shape != (a, b) for w, a, b in zip(weights, dims, dims[1:])) or dims[-1] != 1:
+            raise ArtifactError(f"{path}: reranker layer shapes {[w.shape for w in weights]} are inconsistent")
+        return cls(FEATURES, np.array(data["mean"], np.float32), np.array(data["scale"], np.float32),
+                   weights, biases, data.get("meta", {}))
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json()))
+
+    @classmethod
+    def load(cls, path: Path) -> "Reranker":
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"{path}: unreadable reranker ({exc})") from None
+        return cls.from_json(data, path)
+
+
+@dataclass(frozen=True)
+class PoolSize:
+    char: int = 30
+    stem: int = 30
+    dense: int = 30
+
+
+def score_pairs(index: NameIndex, reranker: Reranker | None, mentions: list[str], prior: np.ndarray,
+                query_vectors: np.ndarray | None = None, pool: PoolSize = PoolSize()):
+    """(query position, entity index, score, alias row) of the best alias row of each pooled entity."""
+    qnorms = [normalize_alias(m) for m in mentions]
+    parsed = _Parsed(qnorms)
+    qi, ui, ranks, q_char, q_stem, q_trans = index.pool(qnorms, parsed, query_vectors, pool.char, pool.stem, pool.dense)
+    feats = index.pair_features(qnorms, parsed, query_vectors, qi, ui, ranks, q_char, q_stem, q_trans)
+    q, rows, ents, f = index.expand_rows(qi, ui, feats, prior)
+    score = reranker.score(f) if reranker is not None else f[:, FEATURES.index("char_cos")]
+    order = np.lexsort((-score, ents, q))
+    q, ents, score, rows, f = q[order], ents[order], score[order], rows[order], f[order]
+    first = np.ones(len(q), bool)
+    first[1:] = (q[1:] != q[:-1]) | (ents[1:] != ents[:-1])
+    return q[first], ents[first], score[first], rows[first], f[first]
+
+
+def training_pairs(table: AliasTable, prior: np.ndarray, *, seed: int = 0, max_queries: int = 20_000,
+                   name_vectors_fn=None, pool: PoolSize = PoolSize()):
+    """Leave-one-alias-out pairs from the table itself: one non-label alias of every entity with two
+    or more names is held out, the rest indexed, and the held-out names linked. Returns
+    (query position, entity, features, is-gold, number of queries)."""
+    rng = np.random.default_rng(seed)
+    by_entity: dict[int, list[int]] = {}
+    for row, (ent, kind) in enumerate(zip(table.entity_index.tolist(), table.kind)):
+        by_entity.setdefault(ent, []).append(row)
+    held = []
+    for ent, rows in by_entity.items():
+        names = {table.alias_norm[r] for r in rows}
+        options = [r for r in rows if table.kind[r] != "label" and table.alias_norm[r] != ""]
+        if len(names) >= 2 and options:
+            held.append(options[int(rng.integers(len(options)))])
+    if len(held) < 20:
+        raise ArtifactError(f"only {len(held)} entities have two or more names: too few to train the reranker "
+                            "(build the linker with rerank: false)")
+    held = sorted(rng.permutation(held)[:max_queries].tolist())
+    held_norms = {table.alias_norm[r] for r in held}
+    keep = np.array([r for r in range(len(table)) if r not in set(held)])
+    # the held-out name must not survive through another row of the same entity
+    gold = {table.alias_norm[r]: set() for r in held}
+    for r in held:
+        gold[table.alias_norm[r]].add(int(table.entity_index[r]))
+    keep = np.array([r for r in keep if not (table.alias_norm[r] in held_norms
+                                             and int(table.entity_index[r]) in gold[table.alias_norm[r]])])
+    sub = AliasTable([table.alias[r] for r in keep], [table.alias_norm[r] for r in keep],
+                     table.entity_index[keep], [table.kind[r] for r in keep])
+    index = NameIndex(sub, name_vectors=name_vectors_fn(_unique_norms(sub)[0].tolist()) if name_vectors_fn else None)
+    mentions = [table.alias[r] for r in held]
+    qvec = name_vectors_fn([normalize_alias(m) for m in mentions]) if name_vectors_fn else None
+    q, ents, _, _, f = score_pairs(index, None, mentions, prior, qvec, pool)
+    target = np.array([int(table.entity_index[held[i]]) for i in q]) == ents
+    return q, ents, f, target, len(held)
+
+
+def train_reranker(table: AliasTable, prior: np.ndarray, *, seed: int = 0, max_queries: int = 20_000,
+                   name_vectors_fn=None, pool: PoolSize = PoolSize(), hidden: tuple[int, ...] = (32,)) -> Reranker:
+    """A ReLU network (``hidden`` units; ``()`` = logistic regression) fit on :func:`training_pairs`;
+    positives are the pooled aliases of the right entity. ``name_vectors_fn(list[str]) ->
+    np.ndarray`` adds the dense feature."""
+    from sklearn.neural_network import MLPClassifier
+
+    q, ents, f, target, n_held = training_pairs(table, prior, seed=seed, max_queries=max_queries,
+                                                name_vectors_fn=name_vectors_fn, pool=pool)
+    mean, scale = f.mean(0), f.std(0)
+    scale[scale < 1e-6] = 1.0
+    x = (f - mean) / scale
+    if hidden:
+        model = MLPClassifier(hidden_layer_sizes=hidden, early_stopping=True, random_state=seed, batch_size=1024,
+                              max_iter=60).fit(x, target)
+        weights, biases = model.coefs_, model.intercepts_
+    else:
+        from sklearn.linear_model import LogisticRegression
+
+        model = LogisticRegression(max_iter=2000).fit(x, target)
+        weights, biases = [model.coef_.T], [model.intercept_]
+    found = len(set(q[target].tolist()))
+    log.info("reranker trained on %d held-out aliases (%d pairs; gold in pool for %d)", n_held, len(q), found)
+    return Reranker(FEATURES, mean.astype(np.float32), scale.astype(np.float32),
+                    tuple(np.asarray(w, np.float32) for w in weights), tuple(np.asarray(b, np.float32) for b in biases),
+                    {"queries": n_held, "pairs": int(len(q)), "gold_in_pool": found, "seed": seed,
+                     "hidden": list(hidden)})
+
+
+class RerankedGenerator:
+    """The :class:`~linking.candidates.CandidateGenerator` over :func:`score_pairs`: pooled entities
+    ranked by the reranker's match probability, the best alias of each entity named."""
+
+    def __init__(self, index: NameIndex, reranker: Reranker, prior: np.ndarray, encode=None,
+                 pool: PoolSize = PoolSize()):
+        self.index, self.reranker, self.prior, self.encode, self.pool = index, reranker, prior, encode, pool
+
+    def __call__(self, mentions: list[str], k: int) -> list[list["Candidate"]]:
+        from linking.candidates import Candidate, _check_mentions
+
+        mentions = _check_mentions(mentions)
+        if not mentions:
+            return []
+        vectors = self.encode([normalize_alias(m) for m in mentions]) if self.encode is not None else None
+        q, ents, score, rows, _ = score_pairs(self.index, self.reranker, mentions, self.prior, vectors, self.pool)
+        order = np.lexsort((-score, q))
+        out: list[list[Candidate]] = [[] for _ in mentions]
+        table = self.index.table
+        for i in order.tolist():
+            found = out[q[i]]
+            if len(found) < k:
+                found.append(Candidate(int(ents[i]), float(score[i]), table.alias[rows[i]], table.kind[rows[i]]))
+        return out
