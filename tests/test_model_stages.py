@@ -123,7 +123,7 @@ def test_train_config_rejects_bad_values_with_their_location():
 
 
 # -- loop ------------------------------------------------------------------------------------
-def _toy_run(tmp_path, crash_after=None, checkpoint_every=0, accumulation=1):
+def _toy_run(tmp_path, crash_after=None, checkpoint_every=0, accumulation=1, precision="auto"):
     from model.loop import run_loop
 
     torch.manual_seed(0)
@@ -143,7 +143,7 @@ def _toy_run(tmp_path, crash_after=None, checkpoint_every=0, accumulation=1):
         return loss, {"loss": loss.item()}
 
     cfg = StageConfig(max_steps=6, batch_size=2, gradient_accumulation=accumulation, warmup_steps=2,
-                      checkpoint_every=checkpoint_every)
+                      checkpoint_every=checkpoint_every, precision=precision)
     history = run_loop("toy", model, opt, cfg, batches, compute, tmp_path / "ckpt", {"run": "toy"})
     return model, history
 
@@ -158,6 +158,17 @@ def test_loop_resumes_exactly_from_its_checkpoint(tmp_path):
     assert [h["step"] for h in hist] == list(range(1, 7))
     assert torch.equal(resumed.weight, straight.weight) and hist == straight_hist
     assert not torch.equal(reference.weight, straight.weight)  # accumulation changed the run: the test can tell
+
+
+def test_loop_autocasts_in_bf16_where_asked_and_refuses_fp16_on_cpu(tmp_path):
+    from model.loop import autocast_dtype
+
+    _, hist = _toy_run(tmp_path / "bf16", precision="bf16")
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ConfigError, match=r"\[train -> stage -> precision\] fp16 autocast needs a CUDA device"):
+        _toy_run(tmp_path / "fp16", precision="fp16")
 
 
 # -- DPO ---------------------------------------------------------------------------------------
