@@ -327,6 +327,10 @@ class NameIndex:
         return qi[pair], rows, ents, f
 
 
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z.astype(np.float64), -60.0, 60.0)))
+
+
 @dataclass(frozen=True)
 class Reranker:
     """A small ReLU network over standardised :data:`FEATURES` with a sigmoid output (no hidden
@@ -339,13 +343,17 @@ class Reranker:
     biases: tuple[np.ndarray, ...]
     meta: dict = field(default_factory=dict)
 
-    def score(self, f: np.ndarray) -> np.ndarray:
+    def logit(self, f: np.ndarray) -> np.ndarray:
+        """The network's raw output; rank by this (probabilities saturate at 1 for clear matches)."""
         h = (f - self.mean) / self.scale
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             h = h @ w + b
             if i < len(self.weights) - 1:
                 np.maximum(h, 0.0, out=h)
-        return 1.0 / (1.0 + np.exp(-h[:, 0]))
+        return h[:, 0]
+
+    def score(self, f: np.ndarray) -> np.ndarray:
+        return _sigmoid(self.logit(f))
 
     def to_json(self) -> dict:
         return {"features": list(self.features), "mean": self.mean.tolist(), "scale": self.scale.tolist(),
@@ -386,13 +394,14 @@ class PoolSize:
 
 def score_pairs(index: NameIndex, reranker: Reranker | None, mentions: list[str], prior: np.ndarray,
                 query_vectors: np.ndarray | None = None, pool: PoolSize = PoolSize()):
-    """(query position, entity index, score, alias row) of the best alias row of each pooled entity."""
+    """(query position, entity index, logit, alias row, features) of the best alias row of each
+    pooled entity; without a reranker the "logit" is the character cosine."""
     qnorms = [normalize_alias(m) for m in mentions]
     parsed = _Parsed(qnorms)
     qi, ui, ranks, q_char, q_stem, q_trans = index.pool(qnorms, parsed, query_vectors, pool.char, pool.stem, pool.dense)
     feats = index.pair_features(qnorms, parsed, query_vectors, qi, ui, ranks, q_char, q_stem, q_trans)
     q, rows, ents, f = index.expand_rows(qi, ui, feats, prior)
-    score = reranker.score(f) if reranker is not None else f[:, FEATURES.index("char_cos")]
+    score = reranker.logit(f) if reranker is not None else f[:, FEATURES.index("char_cos")]
     order = np.lexsort((-score, ents, q))
     q, ents, score, rows, f = q[order], ents[order], score[order], rows[order], f[order]
     first = np.ones(len(q), bool)
@@ -481,8 +490,9 @@ class RerankedGenerator:
         if not mentions:
             return []
         vectors = self.encode([normalize_alias(m) for m in mentions]) if self.encode is not None else None
-        q, ents, score, rows, _ = score_pairs(self.index, self.reranker, mentions, self.prior, vectors, self.pool)
-        order = np.lexsort((-score, q))
+        q, ents, logit, rows, _ = score_pairs(self.index, self.reranker, mentions, self.prior, vectors, self.pool)
+        order = np.lexsort((-logit, q))
+        score = _sigmoid(logit)
         out: list[list[Candidate]] = [[] for _ in mentions]
         table = self.index.table
         for i in order.tolist():
