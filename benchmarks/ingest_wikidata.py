@@ -16,8 +16,10 @@ runs once, in a fresh subprocess, in the same order:
 - qwikidata: ``WikidataJsonDump`` iteration with the same extraction through its entity/claim
   objects, kept in lists (it writes no files, so this flatters it).
 
-Rates are entities/s over the whole dump; the table gives medians over repeats and the ratio of
-medians; on a shared machine the arms of one repeat run back to back so load hits them alike.
+Rates are entities/s over the whole dump (subprocess start and imports included); the table gives
+medians over repeats and, for the ratios, the median over repeats of arm / reference within the same
+repeat (the arms of one repeat run back to back). CPU ms/entity (user + system of the whole process
+tree) is the figure least disturbed by other jobs on a shared machine.
 Memory: peak RSS of the ingest process tree (main + workers, sampled every 50 ms) on the 1x and the
 ``--scale``x dump, same settings.
 """
@@ -93,9 +95,17 @@ print(len(entities), time.perf_counter() - t)
 """
 
 
-def run_arm(code: str, *args: str) -> tuple[int, float, int]:
-    """(entities, seconds, peak RSS bytes of the process tree) of one subprocess run."""
+def run_arm(code: str, *args: str) -> tuple[int, float, int, float]:
+    """(entities, seconds, peak RSS bytes of the process tree, CPU seconds of the tree) of one run."""
+    import resource
+
     import psutil
+
+    def children_cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    cpu0 = children_cpu()
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -113,7 +123,7 @@ def run_arm(code: str, *args: str) -> tuple[int, float, int]:
     if proc.returncode:
         raise SystemExit(f"arm failed ({proc.returncode}):\n{err[-3000:]}")
     n, seconds = out.split()[:2]
-    return int(n), float(seconds), peak
+    return int(n), float(seconds), peak, children_cpu() - cpu0  # waited-for workers count as children
 
 
 def make_dump(path: Path, n: int) -> None:
@@ -144,12 +154,14 @@ def main() -> None:
     make_dump(dump, args.entities)
     rates: dict[str, list[float]] = {}
     peaks: dict[str, list[int]] = {}
+    cpus: dict[str, list[float]] = {}
 
-    def record(name: str, n: int, seconds: float, peak: int) -> None:
+    def record(name: str, n: int, seconds: float, peak: int, cpu: float) -> None:
         rates.setdefault(name, []).append(n / seconds)
         peaks.setdefault(name, []).append(peak)
-        print(f"  {name}: {n:,} entities in {seconds:.1f}s = {n / seconds:,.0f}/s, peak RSS {peak / 2**20:,.0f} MiB",
-              file=sys.stderr, flush=True)
+        cpus.setdefault(name, []).append(cpu / n * 1e3)
+        print(f"  {name}: {n:,} entities in {seconds:.1f}s = {n / seconds:,.0f}/s, {cpu:.1f} CPU s, "
+              f"peak RSS {peak / 2**20:,.0f} MiB", file=sys.stderr, flush=True)
 
     with tempfile.TemporaryDirectory(dir=args.dump_dir) as out:
         for rep in range(args.repeats):
@@ -165,29 +177,32 @@ def main() -> None:
             make_dump(big, args.entities * args.scale)
             for w in args.workers:
                 small_peak = max(peaks[f"kalora-kg, {w} worker{'s' if w > 1 else ''}"])
-                n, seconds, big_peak = run_arm(OURS, str(big), out, str(w))
+                n, seconds, big_peak, _ = run_arm(OURS, str(big), out, str(w))
                 print(f"  {args.scale}x, {w} workers: {n:,} entities in {seconds:.1f}s, peak RSS {big_peak / 2**20:,.0f} MiB",
                       file=sys.stderr, flush=True)
                 memory.append((f"{w} worker{'s' if w > 1 else ''}", small_peak, big_peak))
 
-    floor = statistics.median(rates["floor: orjson.loads per line"])
-    qwik = statistics.median(rates["qwikidata WikidataJsonDump + same extraction"]) if not args.no_qwikidata else None
+    floor_name, qwik_name = "floor: orjson.loads per line", "qwikidata WikidataJsonDump + same extraction"
+
+    def paired(name: str, ref: str) -> str:  # median over repeats of (arm / reference in the same repeat)
+        return f"{statistics.median(a / b for a, b in zip(rates[name], rates[ref])):.2f}"
+
     print(f"<!-- $ {shlex.join([os.path.relpath(sys.executable), *sys.argv])} -->")
     print(f"<!-- {args.entities:,} entities, {dump.stat().st_size / 1e9:.2f} GB plain JSON, {args.repeats} repeats, "
           f"{os.cpu_count()} cores -->\n")
-    print("| arm | entities/s (median) | runs | vs floor | vs qwikidata |")
-    print("|---|---:|---|---:|---:|")
+    print("| arm | entities/s (median) | runs | vs floor (paired) | vs qwikidata (paired) | CPU ms/entity (median) |")
+    print("|---|---:|---|---:|---:|---:|")
     for name, values in rates.items():
-        med = statistics.median(values)
         runs = ", ".join(f"{v:,.0f}" for v in values)
-        vs_q = f"{med / qwik:.2f}x" if qwik else "-"
-        print(f"| {name} | {med:,.0f} | {runs} | {med / floor:.2f} | {vs_q} |")
+        vs_q = f"{paired(name, qwik_name)}x" if qwik_name in rates else "-"
+        print(f"| {name} | {statistics.median(values):,.0f} | {runs} | {paired(name, floor_name)} | {vs_q} | "
+              f"{statistics.median(cpus[name]):.3f} |")
     if memory:
         print(f"\n| workers | peak RSS, 1x ({args.entities:,}) | peak RSS, {args.scale}x ({args.entities * args.scale:,}) | ratio |")
         print("|---|---:|---:|---:|")
         for name, small, big in memory:
             print(f"| {name} | {small / 2**20:,.0f} MiB | {big / 2**20:,.0f} MiB | {big / small:.2f} |")
-    print(json.dumps({"rates": rates, "memory": memory}), file=sys.stderr)
+    print(json.dumps({"rates": rates, "cpu_ms_per_entity": cpus, "memory": memory}), file=sys.stderr)
 
 
 if __name__ == "__main__":
