@@ -7,6 +7,7 @@ each stage flow skips its task when the manifest already holds a result under th
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -245,8 +246,6 @@ def build_kg(config: str | None = None, name: str | None = None, root: str | Non
     runner = task_runner(dask)
     common = {"name": cfg.name, "root": cfg.root, "embed": cfg.embed.to_dict()}
     results: dict[str, Any] = {}
-    from dataclasses import asdict
-
     results["ingest"] = ingest_flow.with_options(task_runner=runner)(
         name=cfg.name, root=cfg.root, sources=list(cfg.sources), format=cfg.format, ingest=asdict(cfg.ingest),
         force="ingest" in forced)
