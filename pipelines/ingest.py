@@ -201,6 +201,9 @@ def ingest(sources: list[str | Path], fmt: str | None, layout: ArtifactLayout,
                                      quarantine_dir=layout.base / "quarantine", work_dir=layout.base / ".work" / "ingest")
             per_file = counts.pop("per_file")
         else:
+            if (options.literals or options.qualifiers) and any(f == "wikidata" for _, f in pairs):
+                raise InputError("literals/qualifiers are written only when Wikidata dumps are ingested on their own "
+                                 "(not mixed with other formats): ingest them into a separate --name")
             builder = KGBuilder()
             umls_files = [p for p, f in pairs if f == "umls"]
             for path, f in pairs:

@@ -253,3 +253,9 @@ def test_strict_with_two_workers_reports_the_earliest_malformed_line(tmp_path, d
     path = _with_lines(tmp_path, data_dir, {20: "{not json,", 90: "[],"}, "two.json")
     with pytest.raises(DumpParseError, match=r"two\.json:21: malformed entity line"):
         ingest([path], "wikidata", ArtifactLayout(tmp_path, "wd"), IngestOptions(workers=2, chunk_mb=0.3, strict=True))
+
+
+def test_literals_with_mixed_formats_is_refused_not_silently_dropped(tmp_path, data_dir):
+    with pytest.raises(InputError, match="literals/qualifiers are written only when Wikidata"):
+        ingest([data_dir / SAMPLE, data_dir / "tiny.obo"], None, ArtifactLayout(tmp_path, "mix"),
+               IngestOptions(literals=True))
