@@ -421,21 +421,18 @@ def training_pairs(table: AliasTable, prior: np.ndarray, *, seed: int = 0, max_q
     held = []
     for ent, rows in by_entity.items():
         names = {table.alias_norm[r] for r in rows}
-        options = [r for r in rows if table.kind[r] != "label" and table.alias_norm[r] != ""]
+        labels = {table.alias_norm[r] for r in rows if table.kind[r] == "label"}
+        options = [r for r in rows if table.kind[r] != "label" and table.alias_norm[r] not in labels]
         if len(names) >= 2 and options:
             held.append(options[int(rng.integers(len(options)))])
     if len(held) < 20:
         raise ArtifactError(f"only {len(held)} entities have two or more names: too few to train the reranker "
                             "(build the linker with rerank: false)")
     held = sorted(rng.permutation(held)[:max_queries].tolist())
-    held_norms = {table.alias_norm[r] for r in held}
-    keep = np.array([r for r in range(len(table)) if r not in set(held)])
-    # the held-out name must not survive through another row of the same entity
-    gold = {table.alias_norm[r]: set() for r in held}
-    for r in held:
-        gold[table.alias_norm[r]].add(int(table.entity_index[r]))
-    keep = np.array([r for r in keep if not (table.alias_norm[r] in held_norms
-                                             and int(table.entity_index[r]) in gold[table.alias_norm[r]])])
+    # drop the held-out rows, and any other row giving the same entity the same normalised name
+    held_pairs = {(table.alias_norm[r], int(table.entity_index[r])) for r in held}
+    keep = np.array([r for r, (norm, ent) in enumerate(zip(table.alias_norm, table.entity_index.tolist()))
+                     if (norm, ent) not in held_pairs], dtype=np.int64)
     sub = AliasTable([table.alias[r] for r in keep], [table.alias_norm[r] for r in keep],
                      table.entity_index[keep], [table.kind[r] for r in keep])
     index = NameIndex(sub, name_vectors=name_vectors_fn(_unique_norms(sub)[0].tolist()) if name_vectors_fn else None)

@@ -150,6 +150,12 @@ def test_context_model_ignores_stop_words_and_handles_empty_context():
     assert model.similarity(["of the and"], [[1, 2]]) == [{}]
     sims = model.similarity(["retinal"], [[1, 2]])[0]
     assert sims[2] > 0 and sims[1] == 0
+    # the per-mention fast path computes what sklearn's transform would
+    model = ContextModel(["", "retina fundus pale patch", "skin brown macule trunk", "retinal skin skin"])
+    contexts = ["fundoscopy showed a pale retinal patch", "the trunk skin had a skin macule"]
+    expected = (model.profiles[[1, 2, 3]] @ model.vectors(contexts).T).toarray().T
+    got = [[row[e] for e in (1, 2, 3)] for row in model.similarity(contexts, [[1, 2, 3]] * 2)]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
 def test_linker_refuses_unknown_weight_keys():
