@@ -187,8 +187,15 @@ def test_flows_retry_transient_errors_only(monkeypatch):
 
 @pytest.fixture(scope="module")
 def dask_cluster_opts():
+    """An existing two-process LocalCluster, reached through ``address`` as a remote one would be."""
     pytest.importorskip("prefect_dask")
-    return {"n_workers": 2, "threads_per_worker": 1, "processes": True}
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    try:
+        yield {"address": cluster.scheduler_address}
+    finally:
+        cluster.close()
 
 
 def test_flows_dask_link_corpus_fans_out_on_a_local_cluster(tmp_path, tiny_build, dask_cluster_opts):
