@@ -123,6 +123,16 @@ def test_flows_failed_stage_keeps_earlier_artifacts_and_the_next_run_resumes(tmp
     assert {s: manifest["stages"][s]["completed_at"] for s in done} == done
     assert manifest["stages"]["shards"]["counts"]["joint_docs"] == 2
 
+    # failing again, over published shards: the entry and the files of the last good run stay
+    from pipelines.artifacts import tree_sha256
+
+    before = tree_sha256(root / "tiny" / "shards")
+    corpus.write_text('{"text": "Seizures."}\n{"txt": "no text field"}\n')
+    with pytest.raises(KaloraError):
+        _build(root, sources, corpus=str(corpus))
+    assert _manifest(root)["stages"]["shards"] == manifest["stages"]["shards"]
+    assert tree_sha256(root / "tiny" / "shards") == before
+
 
 def test_flows_validate_every_parameter_before_any_work(tmp_path, data_dir):
     from flows.build import build_kg
