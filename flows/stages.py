@@ -45,7 +45,7 @@ SPECS: dict[str, StageSpec] = {
         "ingest", ("pipelines",), lambda cfg: "ingest",
         # ingest's source digests come from the fan-out that fetched and hashed them (see build.py)
         lambda cfg, lay: {},
-        lambda cfg: {"sources": list(cfg.sources), "format": cfg.format, "options": asdict(cfg.ingest)},
+        lambda cfg: {"sources": list(cfg.sources), "format": cfg.format, "options": cfg.ingest.cache_key()},  # not workers/chunking
         lambda cfg, lay: [lay.entities, lay.aliases, lay.relations, lay.triples]),
     "embed": StageSpec(
         "embed", ("kg",), lambda cfg: f"embed:{cfg.embed.model}",
