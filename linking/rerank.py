@@ -32,13 +32,19 @@ STEM_CHARS = 5  # a word's first five letters: "abnormality"/"abnormal", "hypert
 CHAR_SEARCH_MAX_DF = 1500
 STEM_SEARCH_MAX_DF = 1500
 
-FEATURES = ("char_cos", "word_cos", "stem_cos", "dense_cos", "exact", "variant", "jaccard", "len_ratio",
+# Exact and variant-key hits are not features: they are ranked first (see score_pairs). Learned from
+# leave-one-alias-out data, an "exact" feature would only ever fire on the wrong entity (the right
+# one's name was held out) and teach the model to distrust exact matches.
+FEATURES = ("char_cos", "word_cos", "stem_cos", "dense_cos", "jaccard", "len_ratio",
             "word_count_diff", "first_stem", "last_stem", "initials", "char_rank", "stem_rank", "kind_weight",
             "is_label", "log_aliases", "prior", "char_x_stem", "query_len", "trans_cos", "trans_rank")
 TRANSLATION_MIN_COUNT = 2     # stem pairs seen in fewer same-entity name pairs are noise
 TRANSLATION_MIN_P = 0.05
 TRANSLATION_TOP = 10          # targets kept per source stem (bounds the query expansion's fan-out)
 TRANSLATION_WEIGHT = 1.0
+VARIANT_DISCOUNT = 0.95       # as ExactAliasGenerator
+FUZZY_CEILING = 0.79
+MLP_MIN_QUERIES = 1000        # below this a hidden layer overfits (separable data, saturated logits)          # reranked (non-exact) candidates score below every exact hit
 
 
 def word_keys(norm: str, stem: int | None = STEM_CHARS) -> list[str]:
@@ -274,8 +280,9 @@ class NameIndex:
         return np.array(qi, np.int64), np.array(ui, np.int64), ranks_arr, q_char, q_stem, q_trans
 
     def pair_features(self, qnorms, parsed: _Parsed, query_vectors, qi, ui, ranks, q_char, q_stem,
-                      q_trans) -> np.ndarray:
-        """One row of name-level features per (query, unique norm) pair (entity columns filled later)."""
+                      q_trans) -> tuple[np.ndarray, np.ndarray]:
+        """One row of name-level features per (query, unique norm) pair (entity columns filled later),
+        and each pair's tier: 2 = same normalised name, 1 = same variant key, 0 = neither."""
         q_word = self.vectorizers["word"].transform(parsed.words).tocsr()
         q_binary = q_word.copy()
         q_binary.data[:] = 1.0
@@ -297,8 +304,7 @@ class NameIndex:
         q_chars = np.array([len(n) for n in qnorms], np.float32)
         q_distinct = np.asarray(q_binary.sum(1), np.float32).ravel()
         q_compact = np.array([n if " " not in n else "-" for n in qnorms], dtype=object)
-        f[:, col["exact"]] = qn[qi] == self.norms[ui]
-        f[:, col["variant"]] = qvar[qi] == self.norm_variant[ui]
+        tier = 2 * (qn[qi] == self.norms[ui]).astype(np.int8) + (qvar[qi] == self.norm_variant[ui]).astype(np.int8)
         f[:, col["jaccard"]] = shared / np.maximum(q_distinct[qi] + self.n_distinct_words[ui] - shared, 1.0)
         a, b = q_chars[qi], self.n_chars[ui]
         f[:, col["len_ratio"]] = np.minimum(a, b) / np.maximum(np.maximum(a, b), 1)
@@ -309,9 +315,9 @@ class NameIndex:
         f[:, col["char_rank"]], f[:, col["stem_rank"]], f[:, col["trans_rank"]] = ranks.T
         f[:, col["char_x_stem"]] = f[:, col["char_cos"]] * f[:, col["stem_cos"]]
         f[:, col["query_len"]] = np.log1p(q_words[qi])
-        return f
+        return f, np.minimum(tier, 2)
 
-    def expand_rows(self, qi: np.ndarray, ui: np.ndarray, feats: np.ndarray, prior: np.ndarray):
+    def expand_rows(self, qi: np.ndarray, ui: np.ndarray, feats: np.ndarray, tier: np.ndarray, prior: np.ndarray):
         """(query, unique norm) pairs → (query, alias row) pairs, with the alias/entity columns set."""
         counts = self.ends[ui] - self.starts[ui]
         pair = np.repeat(np.arange(len(ui)), counts)
@@ -324,7 +330,7 @@ class NameIndex:
         f[:, col["log_aliases"]] = self.row_log_aliases[rows]
         ents = self.table.entity_index[rows]
         f[:, col["prior"]] = prior[ents] if len(prior) > int(ents.max(initial=0)) else 0.0
-        return qi[pair], rows, ents, f
+        return qi[pair], rows, ents, f, tier[pair]
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -394,19 +400,22 @@ class PoolSize:
 
 def score_pairs(index: NameIndex, reranker: Reranker | None, mentions: list[str], prior: np.ndarray,
                 query_vectors: np.ndarray | None = None, pool: PoolSize = PoolSize()):
-    """(query position, entity index, logit, alias row, features) of the best alias row of each
-    pooled entity; without a reranker the "logit" is the character cosine."""
+    """(query position, entity index, logit, alias row, features, tier) of the best alias row of each
+    pooled entity, ordered by query, tier (exact name, variant key, other) and logit; without a
+    reranker the "logit" is the character cosine."""
     qnorms = [normalize_alias(m) for m in mentions]
     parsed = _Parsed(qnorms)
     qi, ui, ranks, q_char, q_stem, q_trans = index.pool(qnorms, parsed, query_vectors, pool.char, pool.stem, pool.dense)
-    feats = index.pair_features(qnorms, parsed, query_vectors, qi, ui, ranks, q_char, q_stem, q_trans)
-    q, rows, ents, f = index.expand_rows(qi, ui, feats, prior)
+    feats, tier = index.pair_features(qnorms, parsed, query_vectors, qi, ui, ranks, q_char, q_stem, q_trans)
+    q, rows, ents, f, tier = index.expand_rows(qi, ui, feats, tier, prior)
     score = reranker.logit(f) if reranker is not None else f[:, FEATURES.index("char_cos")]
-    order = np.lexsort((-score, ents, q))
-    q, ents, score, rows, f = q[order], ents[order], score[order], rows[order], f[order]
+    order = np.lexsort((-score, -tier, ents, q))
+    q, ents, score, rows, f, tier = q[order], ents[order], score[order], rows[order], f[order], tier[order]
     first = np.ones(len(q), bool)
     first[1:] = (q[1:] != q[:-1]) | (ents[1:] != ents[:-1])
-    return q[first], ents[first], score[first], rows[first], f[first]
+    q, ents, score, rows, f, tier = q[first], ents[first], score[first], rows[first], f[first], tier[first]
+    order = np.lexsort((-score, -tier, q))
+    return q[order], ents[order], score[order], rows[order], f[order], tier[order]
 
 
 def training_pairs(table: AliasTable, prior: np.ndarray, *, seed: int = 0, max_queries: int = 20_000,
@@ -438,7 +447,7 @@ def training_pairs(table: AliasTable, prior: np.ndarray, *, seed: int = 0, max_q
     index = NameIndex(sub, name_vectors=name_vectors_fn(_unique_norms(sub)[0].tolist()) if name_vectors_fn else None)
     mentions = [table.alias[r] for r in held]
     qvec = name_vectors_fn([normalize_alias(m) for m in mentions]) if name_vectors_fn else None
-    q, ents, _, _, f = score_pairs(index, None, mentions, prior, qvec, pool)
+    q, ents, _, _, f, _ = score_pairs(index, None, mentions, prior, qvec, pool)
     target = np.array([int(table.entity_index[held[i]]) for i in q]) == ents
     return q, ents, f, target, len(held)
 
@@ -455,6 +464,9 @@ def train_reranker(table: AliasTable, prior: np.ndarray, *, seed: int = 0, max_q
     mean, scale = f.mean(0), f.std(0)
     scale[scale < 1e-6] = 1.0
     x = (f - mean) / scale
+    if hidden and n_held < MLP_MIN_QUERIES:
+        log.info("%d training queries: too few for a hidden layer, fitting logistic regression", n_held)
+        hidden = ()
     if hidden:
         model = MLPClassifier(hidden_layer_sizes=hidden, early_stopping=True, random_state=seed, batch_size=1024,
                               max_iter=60).fit(x, target)
@@ -487,12 +499,16 @@ class RerankedGenerator:
         if not mentions:
             return []
         vectors = self.encode([normalize_alias(m) for m in mentions]) if self.encode is not None else None
-        q, ents, logit, rows, _ = score_pairs(self.index, self.reranker, mentions, self.prior, vectors, self.pool)
-        order = np.lexsort((-logit, q))
-        score = _sigmoid(logit)
-        out: list[list[Candidate]] = [[] for _ in mentions]
+        q, ents, logit, rows, _, tier = score_pairs(self.index, self.reranker, mentions, self.prior, vectors,
+                                                    self.pool)
+        # exact and variant-key hits keep the alias-kind scores ExactAliasGenerator gives them; the
+        # reranked rest stay below that range, in the reranker's order
         table = self.index.table
-        for i in order.tolist():
+        kind_weight = self.index.row_kind_weight[rows]
+        score = np.where(tier == 2, kind_weight, np.where(tier == 1, kind_weight * VARIANT_DISCOUNT,
+                                                          FUZZY_CEILING * _sigmoid(logit)))
+        out: list[list[Candidate]] = [[] for _ in mentions]
+        for i in range(len(q)):
             found = out[q[i]]
             if len(found) < k:
                 found.append(Candidate(int(ents[i]), float(score[i]), table.alias[rows[i]], table.kind[rows[i]]))

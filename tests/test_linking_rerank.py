@@ -44,7 +44,8 @@ def kb():
 
 @pytest.fixture(scope="module")
 def reranker(kb):
-    return train_reranker(kb, np.zeros(int(kb.entity_index.max()) + 1, np.float32), hidden=(8,))
+    # 48 training queries: below MLP_MIN_QUERIES, so this is the logistic-regression fallback
+    return train_reranker(kb, np.zeros(int(kb.entity_index.max()) + 1, np.float32))
 
 
 def test_rerank_initials_skip_stop_words():
@@ -73,7 +74,7 @@ def test_rerank_links_unseen_names_and_round_trips_as_json(kb, reranker):
     label = {int(e): a for a, e, k in zip(kb.alias, kb.entity_index, kb.kind) if k == "label"}
     assert [label[c[0].entity_index] for c in found] == ["Abnormality of the zorbax", "Hypoplasia of the trivane",
                                                          "Hypoplasia of the gantrix"]
-    assert all(0 < c.score <= 1 for row in found for c in row)
+    assert all(0 < c.score <= 1 for row in found for c in row) and reranker.meta["hidden"] == []
     again = Reranker.from_json(json.loads(json.dumps(reranker.to_json())))
     x = np.random.default_rng(0).normal(size=(5, len(FEATURES))).astype(np.float32)
     np.testing.assert_allclose(again.score(x), reranker.score(x), rtol=1e-6)
