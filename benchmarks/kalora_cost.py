@@ -110,10 +110,16 @@ def compare(shape: str, steps: int) -> None:
         a.append(timed(lora))
         b.append(timed(kal))
     ratios = [y / x for x, y in zip(a, b)]
-    trainable = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
     print(f"| {shape} | {statistics.median(a) * 1000:.0f} | {statistics.median(b) * 1000:.0f} | "
           f"{statistics.median(b) / statistics.median(a):.2f} | {statistics.median(ratios):.2f} | "
-          f"{trainable(lora_model) / 1e6:.2f} M | {trainable(kal_model) / 1e6:.2f} M | {steps} |", flush=True)
+          f"{trainable(lora_model, False) / 1e6:.2f} M | {trainable(kal_model, True) / 1e6:.2f} M | {steps} |", flush=True)
+
+
+def trainable(model: KALoRAModel, knowledge: bool) -> int:
+    """Parameters the step updates: the peft adapter alone for LoRA (the unused knowledge modules of
+    the wrapper get no gradient), everything trainable for KALoRA."""
+    modules = [model] if knowledge else [model.base]
+    return sum(p.numel() for m in modules for p in m.parameters() if p.requires_grad)
 
 
 def profile(shape: str, steps: int, top: int) -> None:
