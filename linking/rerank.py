@@ -1,12 +1,14 @@
 """Learned candidate reranking for bare mentions.
 
 A pool of alias names is gathered per mention (exact and variant keys, character 3-gram TF-IDF
-neighbours, word-stem TF-IDF neighbours, abbreviation initials), every (mention, alias) pair gets a
-handful of string features, and a logistic regression turns them into a match probability; an
-entity's score is its best alias's. The model is trained at build time on the knowledge base's own
-synonyms (:func:`train_reranker`: one alias of every multi-name entity held out, the rest indexed,
-the held-out names linked), so it never sees anything outside the alias table it serves. The
-weights are a few dozen floats, saved as JSON.
+neighbours, word-stem TF-IDF neighbours, the same expanded through a stem translation table learned
+from names that share an entity, abbreviation initials, optionally dense name neighbours), every
+(mention, alias) pair gets a handful of string features, and a small ReLU network (logistic
+regression for small tables) scores them; an entity's score is its best alias's. Exact and
+variant-key hits rank first, the reranked rest below them. The model is trained at build time on
+the knowledge base's own synonyms (:func:`training_pairs`: one alias of every multi-name entity
+held out, the rest indexed, the held-out names linked), so it never sees anything outside the alias
+table it serves. The weights are a few hundred floats, saved as JSON.
 """
 
 from __future__ import annotations
