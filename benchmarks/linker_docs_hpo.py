@@ -15,6 +15,7 @@ and the same without context similarity, to show what the context term costs.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -83,14 +84,19 @@ def main() -> None:
     if args.repeats < 1:
         raise SystemExit("--repeats must be >= 1")
     layout, seconds = prepare(args.root, args.name, not args.no_embed)
-    print(f"linker at {layout.linker}; setup: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()), file=sys.stderr)
-    print("| configuration | documents | docs/s | tokens/s | mentions/doc | runs (s) |")
-    print("|---|---|---|---|---|---|")
-    for label, context in (("default (string, prior, context, coherence)", True), ("without context similarity", False)):
-        r = run(layout, args.repeats, context)
-        label += "" if r["has_vectors"] else " (no KG vectors: no coherence)"
-        print(f"| {label} | {r['docs']:,} | {r['docs_per_s']:,.0f} | {r['tokens_per_s']:,.0f} | "
-              f"{r['mentions_per_doc']:.2f} | {', '.join(map(str, r['runs_s']))} |", flush=True)
+    try:
+        print("setup: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()), file=sys.stderr)
+        print("| configuration | documents | docs/s | tokens/s | mentions/doc | runs (s) |")
+        print("|---|---|---|---|---|---|")
+        for label, context in (("default (string, prior, context, coherence)", True),
+                               ("without context similarity", False)):
+            r = run(layout, args.repeats, context)
+            label += "" if r["has_vectors"] else " (no KG vectors: no coherence)"
+            print(f"| {label} | {r['docs']:,} | {r['docs_per_s']:,.0f} | {r['tokens_per_s']:,.0f} | "
+                  f"{r['mentions_per_doc']:.2f} | {', '.join(map(str, r['runs_s']))} |", flush=True)
+    finally:
+        if args.root is None:  # the build this script made for itself
+            shutil.rmtree(layout.root)
 
 
 if __name__ == "__main__":
