@@ -67,7 +67,10 @@ def test_shard_dataset_splits_rows_across_workers_without_duplicates(tiny_build,
     ds = ShardDataset(tiny_build.shards, "knowledge", tokenizer, split=None)
     assert len(ds.units) > 2
     single = [tuple(x["input_ids"]) for x in ds]
-    multi = [tuple(x["input_ids"]) for x in DataLoader(ds, batch_size=None, num_workers=2)]
+    # spawn, not fork: earlier tests in this process ran Prefect flows, whose threads make forked
+    # workers exit with status 1 at shutdown (reproduced with a bare flow + DataLoader; see README)
+    multi = [tuple(x["input_ids"]) for x in DataLoader(ds, batch_size=None, num_workers=2,
+                                                       multiprocessing_context="spawn")]
     assert len(single) == manifest["sets"]["knowledge"]["rows"]
     assert sorted(multi) == sorted(single)
     ranks = [[tuple(x["input_ids"]) for x in ShardDataset(tiny_build.shards, "knowledge", tokenizer, split=None,
