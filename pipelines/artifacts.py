@@ -145,15 +145,15 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def tree_sha256(path: Path) -> str:
+def tree_sha256(path: Path, file_digest=file_sha256) -> str:
     """Content hash of a file, or of every file under a directory (names and bytes)."""
     path = Path(path)
     if path.is_file():
-        return file_sha256(path)
+        return file_digest(path)
     h = hashlib.sha256()
     for p in sorted(q for q in path.rglob("*") if q.is_file() and not q.name.startswith(".")):
         h.update(str(p.relative_to(path)).encode())
-        h.update(file_sha256(p).encode())
+        h.update(file_digest(p).encode())
     return h.hexdigest()
 
 
@@ -261,14 +261,7 @@ def _file_digest(path: Path) -> str:
 
 def input_digest(path: Path) -> str:
     """The same value as ``tree_sha256``, with per-file digests remembered (``_file_digest``)."""
-    path = Path(path)
-    if path.is_file():
-        return _file_digest(path)
-    h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file() and not q.name.startswith(".")):
-        h.update(str(p.relative_to(path)).encode())
-        h.update(_file_digest(p).encode())
-    return h.hexdigest()
+    return tree_sha256(path, _file_digest)
 
 
 def input_digests(paths: dict[str, Path | None]) -> dict[str, str | None]:

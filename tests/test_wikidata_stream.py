@@ -74,18 +74,24 @@ def test_tables_do_not_depend_on_workers_or_chunking(dump, reference, tmp_path, 
     _same(reference[1], _tables(layout))
 
 
-def test_resume_after_a_crash_reuses_finished_chunks(dump, reference, tmp_path, monkeypatch, caplog):
-    layout = ArtifactLayout(tmp_path, "wd")
+def _crash_at_chunk(monkeypatch, n: int):
+    """Make the n-th chunk raise as a crash would; return the real run_chunk to restore."""
     real = wikidata_stream.run_chunk
     calls = {"n": 0}
 
     def crashing(job):
         calls["n"] += 1
-        if calls["n"] == 6:
+        if calls["n"] == n:
             raise KeyboardInterrupt  # a crash in the middle of the dump
         return real(job)
 
     monkeypatch.setattr(wikidata_stream, "run_chunk", crashing)
+    return real
+
+
+def test_resume_after_a_crash_reuses_finished_chunks(dump, reference, tmp_path, monkeypatch, caplog):
+    layout = ArtifactLayout(tmp_path, "wd")
+    real = _crash_at_chunk(monkeypatch, 6)
     with pytest.raises(KeyboardInterrupt):
         ingest([dump], "wikidata", layout, IngestOptions(workers=1, chunk_mb=0.25))
     assert not layout.kg.exists()
@@ -123,16 +129,7 @@ def test_sigkill_then_restart_gives_the_same_tables(dump, reference, tmp_path):
 
 def test_changed_options_discard_old_checkpoints(dump, tmp_path, monkeypatch):
     layout = ArtifactLayout(tmp_path, "wd")
-    real = wikidata_stream.run_chunk
-    calls = {"n": 0}
-
-    def crashing(job):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(job)
-
-    monkeypatch.setattr(wikidata_stream, "run_chunk", crashing)
+    real = _crash_at_chunk(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         ingest([dump], "wikidata", layout, IngestOptions(workers=1, chunk_mb=0.25))
     monkeypatch.setattr(wikidata_stream, "run_chunk", real)
