@@ -13,7 +13,9 @@ def normalize_alias(text: str) -> str:
     if not text.isascii():  # ASCII has no compatibility forms or combining marks: skip the slow part
         text = unicodedata.normalize("NFKD", text)
         text = "".join(ch for ch in text if not unicodedata.combining(ch))
-    return " ".join(_NON_WORD.sub(" ", text.casefold()).split())
+    # runs of non-word characters (whitespace included) become one space each, so only the ends
+    # can carry a space: strip() gives what " ".join(...split()) would
+    return _NON_WORD.sub(" ", text.casefold()).strip()
 
 
 # British → American spelling rules that clinical vocabularies vary on (HPO marks these synonyms

@@ -97,23 +97,25 @@ def _snak_text(snak: dict) -> str | None:
     return _literal(value)[0]
 
 
-def extract_lines(lines: list[bytes], options: WikidataOptions, out: Records) -> None:
-    """Parse dump lines into ``out``. Line numbers are 1-based positions in ``lines``.
+def extract_lines(data, options: WikidataOptions, out: Records, begin: int = 0, end: int | None = None) -> None:
+    """Parse whole dump lines ``data[begin:end]`` into ``out`` (``data``: bytes or an mmap of the
+    dump). Line numbers are 1-based within that block.
 
-    The hot loop of ingestion: written for speed (local names, no per-claim calls, the cyclic
-    garbage collector paused since parsed documents hold no cycles). It costs about as much again
-    as ``orjson.loads`` of the same lines (BENCHMARKS.md).
+    The hot loop of ingestion: written for speed (lines are zero-copy memoryview slices of the
+    block, local names, no per-claim calls, the cyclic garbage collector paused since parsed
+    documents hold no cycles). It costs about as much again as ``orjson.loads`` of the same lines
+    (BENCHMARKS.md).
     """
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        _extract(lines, options, out)
+        _extract(data, options, out, begin, len(data) if end is None else end)
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
-def _extract(lines: list[bytes], options: WikidataOptions, out: Records) -> None:
+def _extract(data, options: WikidataOptions, out: Records, pos: int, size: int) -> None:
     languages = options.languages
     allow, deny = options.properties_allow, options.properties_deny
     filter_props = allow is not None or bool(deny)
@@ -129,15 +131,25 @@ def _extract(lines: list[bytes], options: WikidataOptions, out: Records) -> None
     n_filtered_prop = n_filtered_class = n_properties = n_alias_empty = n_alias_nothing = n_qualifiers = 0
     row = len(out.entities["entity_id"])
     before = {name: len(getattr(out, name)["row"]) for name in ("triples", "literals", "qualifiers")}
-    out.lines += len(lines)
     loads = orjson.loads
-    for lineno, line in enumerate(lines, 1):
-        line = line.strip()
-        if len(line) < 2:  # "[", "]" or empty
-            if line in (b"", b"[", b"]"):
-                continue
-        if line[-1:] == b",":
-            line = line[:-1]
+    find = data.find
+    view = memoryview(data)
+    lineno = 0
+    while pos < size:
+        end = find(b"\n", pos, size)
+        if end < 0:
+            end = size
+        lineno += 1
+        start, stop, pos = pos, end, end + 1
+        while stop > start and data[stop - 1] in b" \t\r":
+            stop -= 1
+        if stop > start and data[stop - 1] == 44:  # the "," after each entity
+            stop -= 1
+        while start < stop and data[start] in b" \t":
+            start += 1
+        if stop - start < 2 and data[start:stop] in (b"", b"[", b"]"):
+            continue
+        line = view[start:stop]
         try:
             doc = loads(line)
             eid = doc["id"]
@@ -148,7 +160,7 @@ def _extract(lines: list[bytes], options: WikidataOptions, out: Records) -> None
             if options.strict:
                 raise MalformedLine(lineno, f"malformed entity line ({reason})") from None
             n_malformed += 1
-            out.bad.append((lineno, line[:10_000]))
+            out.bad.append((lineno, bytes(line[:10_000])))
             continue
         try:
             claims = doc.get("claims") or {}
@@ -258,10 +270,11 @@ def _extract(lines: list[bytes], options: WikidataOptions, out: Records) -> None
             if options.strict:
                 raise MalformedLine(lineno, reason) from None
             n_malformed += 1
-            out.bad.append((lineno, line[:10_000]))
+            out.bad.append((lineno, bytes(line[:10_000])))
             continue
         n_entities += 1
         row += 1
+    out.lines += lineno
     n_claims, n_literals, n_qualifiers = (len(getattr(out, name)["row"]) - before[name] for name in before)
     for key, n in (("malformed", n_malformed), ("entities", n_entities), ("claims", n_claims),
                    ("claims_deprecated", n_deprecated), ("claims_no_value", n_no_value),
@@ -300,16 +313,13 @@ def read_wikidata(path: Path, builder: KGBuilder, options: WikidataOptions = Wik
     first_line = 0
     try:
         for _, block in iter_blocks(path, 8 << 20):
-            lines = block.split(b"\n")
-            if lines and lines[-1] == b"":
-                lines.pop()
-            before = len(out.bad)
+            before, lines_before = len(out.bad), out.lines
             try:
-                extract_lines(lines, options, out)
+                extract_lines(block, options, out)
             except MalformedLine as exc:
                 raise DumpParseError(path, first_line + exc.line, exc.reason) from None
             out.bad[before:] = [(first_line + n, text) for n, text in out.bad[before:]]
-            first_line += len(lines)
+            first_line += out.lines - lines_before
     except (EOFError, OSError) as exc:
         raise DumpParseError(path, first_line, f"compressed stream ended early or is corrupt after line "
                              f"{first_line:,} ({out.counts['entities']:,} entities read) ({exc})") from None

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import mmap
 import os
 import shutil
 import tempfile
@@ -154,19 +155,12 @@ def iter_blocks(path: Path, chunk_bytes: int, threads: int = 1) -> Iterator[tupl
             yield index, carry
 
 
-def _read_range(path: str, start: int, end: int) -> tuple[int, bytes]:
-    """The lines whose first byte lies in [start, end): (offset of the first, their bytes)."""
-    with open(path, "rb") as fh:
-        if start > 0:
-            fh.seek(start - 1)
-            fh.readline()  # the line that began before `start` belongs to the previous chunk
-        pos = fh.tell()
-        if pos >= end:
-            return pos, b""
-        data = fh.read(end - pos)
-        if data and not data.endswith(b"\n"):
-            data += fh.readline()
-    return pos, data
+def _line_range(data, start: int, end: int) -> tuple[int, int]:
+    """[first, stop) covering the lines whose first byte lies in [start, end) of ``data``."""
+    size = len(data)
+    first = 0 if start == 0 else data.find(b"\n", start - 1) + 1 or size
+    stop = size if end >= size else data.find(b"\n", end - 1) + 1 or size
+    return first, max(first, stop)
 
 
 def _count_lines_before(path: str, offset: int) -> int:
@@ -193,19 +187,28 @@ def run_chunk(job: dict[str, Any]) -> dict[str, Any]:
     Runs in a worker process (or inline with one worker). A malformed line in strict mode comes
     back as ``{"error": ...}`` rather than an exception, so its position survives the process hop.
     """
-    if "data" in job:
-        offset, data = None, job["data"]
-    else:
-        offset, data = _read_range(job["path"], job["start"], job["end"])
     started = time.perf_counter()
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
     records = Records()
-    try:
-        extract_lines(lines, job["options"], records)
-    except MalformedLine as exc:
-        return {"error": exc.reason, "line": exc.line, "offset": offset, "first_line": job.get("first_line")}
+    if "data" in job:
+        offset, nbytes = None, len(job["data"])
+        try:
+            extract_lines(job["data"], job["options"], records)
+        except MalformedLine as exc:
+            return {"error": exc.reason, "line": exc.line, "offset": None, "first_line": job.get("first_line")}
+    else:  # a byte range of a plain file, parsed in place through a read-only memory map (no copies)
+        with open(job["path"], "rb") as fh:
+            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if job["end"] > 0 else b""
+        try:
+            offset, stop = _line_range(mm, job["start"], job["end"])
+            nbytes = stop - offset
+            try:
+                extract_lines(mm, job["options"], records, offset, stop)
+            except MalformedLine as exc:
+                return {"error": exc.reason, "line": exc.line, "offset": offset, "first_line": None}
+        finally:
+            if isinstance(mm, mmap.mmap):
+                with contextlib.suppress(BufferError):  # a view still alive in a traceback: GC closes it
+                    mm.close()
     final = Path(job["out"])
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
@@ -215,8 +218,8 @@ def run_chunk(job: dict[str, Any]) -> dict[str, Any]:
             _write_ipc(pa.table(cols, schema=_ARROW[name]), tmp / f"{name}.arrow")
         bad = {"line": [n for n, _ in records.bad], "text": [t for _, t in records.bad]}
         _write_ipc(pa.table(bad, schema=_ARROW["bad"]), tmp / "bad.arrow")
-        meta = {"lines": len(lines), "counts": dict(records.counts), "relations": records.relations,
-                "bytes": len(data), "seconds": round(time.perf_counter() - started, 3)}
+        meta = {"lines": records.lines, "counts": dict(records.counts), "relations": records.relations,
+                "bytes": nbytes, "seconds": round(time.perf_counter() - started, 3)}
         (tmp / "meta.json").write_text(json.dumps(meta))
         os.replace(tmp, final)  # the checkpoint: a chunk directory exists only when complete
     except BaseException:
