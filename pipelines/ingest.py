@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.artifacts import ArtifactLayout, Timer, file_sha256, read_manifest, record_stage
+from pipelines.artifacts import ArtifactLayout, Timer, input_digest, read_manifest, record_stage
 from pipelines.errors import DumpParseError, InputError
 from pipelines.readers import check_readable
 from pipelines.tables import KGBuilder
@@ -146,7 +146,7 @@ def _previous_if_unchanged(layout: ArtifactLayout, pairs: list[tuple[Path, str]]
         return None
     if not layout.entities.exists() or set(prev.get("inputs", {})) != {str(p) for p, _ in pairs}:
         return None
-    if any(prev["inputs"][str(p)] != file_sha256(p) for p, _ in pairs):
+    if any(prev["inputs"][str(p)] != input_digest(p) for p, _ in pairs):
         return None
     return prev
 
@@ -185,9 +185,11 @@ def ingest(sources: list[str | Path], fmt: str | None, layout: ArtifactLayout,
         log.info("ingest: inputs and options unchanged since %s; keeping %s (force to redo)",
                  prev.get("completed_at"), layout.kg)
         return {**prev, "skipped": True}
-    # hash the inputs in the background while they are parsed (the OS page cache serves both)
+    # hash the inputs in the background while they are parsed (the OS page cache serves both);
+    # input_digest remembers digests per process, so a flow that hashed its sources already, or the
+    # unchanged-input check above, is not paid for twice
     hashes: dict[str, str] = {}
-    hasher = threading.Thread(target=lambda: hashes.update({str(p): file_sha256(p) for p, _ in pairs}), daemon=True)
+    hasher = threading.Thread(target=lambda: hashes.update({str(p): input_digest(p) for p, _ in pairs}), daemon=True)
     hasher.start()
     per_file: dict[str, Any] = {}
     with Timer() as timer:

@@ -24,7 +24,6 @@ import orjson
 
 from pipelines.errors import DumpParseError
 from pipelines.normalize import normalize_alias
-from pipelines.readers import open_binary
 from pipelines.tables import Entity, KGBuilder
 
 log = logging.getLogger(__name__)
@@ -75,6 +74,14 @@ class Records:
         self.bad: list[tuple[int, bytes]] = []
         self.counts: Counter = Counter()
         self.lines = 0
+
+
+def _first_lang(values: dict, languages: tuple[str, ...]) -> str | None:
+    """The value in the first of ``languages`` that ``values`` (labels, descriptions) has."""
+    for lang in languages:
+        if lang in values:
+            return values[lang]["value"]
+    return None
 
 
 def _literal(value) -> tuple[str, str | None]:
@@ -175,20 +182,11 @@ def _extract(data, options: WikidataOptions, out: Records, pos: int, size: int) 
                 n_filtered_class += 1
                 continue
             labels = doc.get("labels") or {}
-            label = None
-            for lg in languages:
-                if lg in labels:
-                    label = labels[lg]["value"]
-                    break
+            label = _first_lang(labels, languages)
             if is_property:
                 relations[eid] = label or eid
                 n_properties += 1
-            descriptions = doc.get("descriptions") or {}
-            description = None
-            for lg in languages:
-                if lg in descriptions:
-                    description = descriptions[lg]["value"]
-                    break
+            description = _first_lang(doc.get("descriptions") or {}, languages)
             e_id(eid)
             e_label(label or eid)
             e_desc(description)

@@ -44,13 +44,13 @@ import pyarrow.parquet as pq
 from pipelines import schema
 from pipelines.artifacts import atomic_write_bytes, atomic_write_json, staged_dir
 from pipelines.errors import DumpParseError, InputError
-from pipelines.readers import check_readable
+from pipelines.readers import check_readable, compression, open_binary
+from pipelines.tables import TRIPLES_PER_PART
 from pipelines.wikidata import MalformedLine, Records, WikidataOptions, extract_lines
 
 log = logging.getLogger(__name__)
 
 PLAN_VERSION = 1
-TRIPLES_PER_PART = 1_000_000
 DEFAULT_CHUNK_BYTES = 32 << 20
 
 _ARROW = {
@@ -88,39 +88,6 @@ def split_ids(ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 # -- reading ------------------------------------------------------------------------------------
-def _magic(path: Path) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read(3)
-
-
-def is_compressed(path: Path) -> bool:
-    magic = _magic(path)
-    return magic[:2] == b"\x1f\x8b" or magic == b"BZh"
-
-
-def open_stream(path: Path, threads: int = 1) -> IO[bytes]:
-    """A decompressing reader: parallel (rapidgzip / indexed_bzip2) when installed, else the stdlib."""
-    import bz2
-    import gzip
-
-    magic = _magic(path)
-    if magic[:2] == b"\x1f\x8b":
-        try:
-            import rapidgzip
-
-            return rapidgzip.open(str(path), parallelization=max(1, threads))
-        except ImportError:
-            return gzip.open(path, "rb")
-    if magic == b"BZh":
-        try:
-            import indexed_bzip2
-
-            return indexed_bzip2.open(str(path), parallelization=max(1, threads))
-        except ImportError:
-            return bz2.open(path, "rb")
-    return open(path, "rb")
-
-
 def _read_full(fh: IO[bytes], n: int) -> bytes:
     parts, got = [], 0
     while got < n:
@@ -137,7 +104,7 @@ def iter_blocks(path: Path, chunk_bytes: int, threads: int = 1) -> Iterator[tupl
 
     Raises ``EOFError``/``OSError`` (or the parallel decompressor's error) on a damaged stream.
     """
-    with open_stream(path, threads) as fh:
+    with open_binary(path, threads) as fh:
         carry, index = b"", 0
         while True:
             buf = _read_full(fh, chunk_bytes)
@@ -295,7 +262,7 @@ def ingest_wikidata(paths: list[Path], kg_dir: Path, options: WikidataOptions = 
 
     def jobs() -> Iterator[tuple[str, int, dict[str, Any]]]:
         for fi, path in enumerate(paths):
-            if is_compressed(path):
+            if compression(path) is not None:
                 line = 0
                 try:
                     for ci, block in iter_blocks(path, settings.chunk_bytes, threads=settings.workers):
