@@ -23,9 +23,11 @@ from linking.aliases import AliasTable
 from linking.candidates import (CandidateGenerator, DenseNameGenerator, ExactAliasGenerator, HybridGenerator,
                                 TfidfCharGenerator, candidates_from_rows)
 from linking.context import ContextModel, mention_contexts
+from linking.encoder import WEIGHTS_FILE as ENCODER_WEIGHTS
+from linking.encoder import EncoderConfig, NameEncoder, train_name_encoder
 from linking.disambiguation import DisambiguationWeights, Ranked, prior_scores, rank
 from linking.matcher import AliasMatcher
-from linking.rerank import NameIndex, RerankedGenerator, Reranker, train_reranker
+from linking.rerank import NameIndex, PoolSize, RerankedGenerator, Reranker, train_reranker
 from pipelines.errors import ArtifactError, ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -38,12 +40,14 @@ for _name, _default in (("kg_score", None), ("kg_candidates", None)):
 @Language.factory(
     "kg_linker",
     default_config={"top_k": 5, "min_score": 0.0, "use_ner_spans": False, "dense_model": None,
-                    "fuzzy_weights": {"tfidf": 0.5, "dense": 0.5}, "rerank": True, "context_window": 25,
+                    "fuzzy_weights": {"tfidf": 0.5, "dense": 0.5}, "rerank": True, "name_encoder": True,
+                    "candidate_pool": {}, "context_window": 25,
                     "weights": {"string": 0.55, "prior": 0.15, "context": 0.1, "coherence": 0.2}},
 )
 def make_kg_linker(nlp: Language, name: str, top_k: int, min_score: float, use_ner_spans: bool,
                    dense_model: str | None, fuzzy_weights: dict[str, float], weights: dict[str, float],
-                   rerank: bool, context_window: int) -> "KGLinker":
+                   rerank: bool, name_encoder: bool, candidate_pool: dict[str, int],
+                   context_window: int) -> "KGLinker":
     if top_k <= 0:
         raise InputError(f"[components.{name}] top_k must be > 0, got {top_k}")
     if context_window < 0:
@@ -55,9 +59,11 @@ def make_kg_linker(nlp: Language, name: str, top_k: int, min_score: float, use_n
     if unknown:
         raise ConfigError(f"[components.{name}.weights] unknown key(s) {sorted(unknown)}: "
                           "expected string, prior, context, coherence")
+    PoolSize.from_config(dict(candidate_pool), True, f"components.{name}.candidate_pool")  # validate early
     return KGLinker(nlp, name, top_k=top_k, min_score=min_score, use_ner_spans=use_ner_spans,
                     dense_model=resolve_dense_model(dense_model), fuzzy_weights=dict(fuzzy_weights),
-                    weights=DisambiguationWeights(**weights), rerank=rerank, context_window=context_window)
+                    weights=DisambiguationWeights(**weights), rerank=rerank, name_encoder=name_encoder,
+                    candidate_pool=dict(candidate_pool), context_window=context_window)
 
 
 def resolve_dense_model(spec: str | None) -> str | None:
@@ -81,9 +87,13 @@ class KGLinker:
                  use_ner_spans: bool = False, dense_model: str | None = None,
                  fuzzy_weights: dict[str, float] | None = None,
                  weights: DisambiguationWeights = DisambiguationWeights(), rerank: bool = True,
+                 name_encoder: bool = True, candidate_pool: dict[str, int] | None = None,
                  context_window: int = 25):
         self.name = name
         self.rerank = rerank
+        self.use_name_encoder = name_encoder
+        self.candidate_pool = dict(candidate_pool or {})
+        self.encoder: NameEncoder | None = None
         self.context_window = context_window
         self.reranker: Reranker | None = None
         self.descriptions: list[str] = []
@@ -112,15 +122,37 @@ class KGLinker:
                       descriptions: list[str | None] | None = None) -> None:
         """``entity_ids[i]``/``entity_types[i]``/``priors[i]``/``descriptions[i]`` describe KG index
         ``i + 1``. With ``rerank`` on, the candidate reranker is trained here, on the table's own
-        synonyms (:func:`linking.rerank.train_reranker`); a table with too few multi-name entities
+        synonyms (:func:`linking.rerank.train_reranker`), and with ``name_encoder`` on (the default)
+        the name encoder it uses (:mod:`linking.encoder`); a table with too few multi-name entities
         keeps the untrained exact + TF-IDF ranking."""
         self._set_kb(table, entity_ids, entity_types, priors, vectors, descriptions)
         self.reranker = None
-        if self.rerank:
+        self.encoder = None
+        if not self.rerank:
+            return
+        config = EncoderConfig()
+        if self.use_name_encoder:
             try:
-                self.reranker = train_reranker(table, self.prior, name_vectors_fn=self._name_vectors_fn(table))
+                self.encoder = train_name_encoder(table, config)
             except ArtifactError as exc:
+                log.info("no name encoder: %s", exc)
+        vectors_fn = self._name_vectors_fn(table)
+        try:
+            self.reranker = train_reranker(table, self.prior, name_vectors_fn=vectors_fn,
+                                           encoder_config=config if self.encoder is not None else None,
+                                           pool=PoolSize.from_config(self.candidate_pool, self.encoder is not None))
+        except ArtifactError as exc:
+            if self.encoder is None:
                 log.info("no candidate reranker: %s", exc)
+                return
+            # the held-out round left too few multi-name entities to train an encoder on: rerank without one
+            log.info("reranker without the name encoder: %s", exc)
+            self.encoder = None
+            try:
+                self.reranker = train_reranker(table, self.prior, name_vectors_fn=vectors_fn,
+                                               pool=PoolSize.from_config(self.candidate_pool, False))
+            except ArtifactError as exc2:
+                log.info("no candidate reranker: %s", exc2)
 
     def _set_kb(self, table: AliasTable, entity_ids: list[str], entity_types: list[str], priors: np.ndarray,
                 vectors: np.ndarray | None, descriptions: list[str | None] | None) -> None:
@@ -142,6 +174,7 @@ class KGLinker:
         self._dense = None
         self._names = None
         self._context = None
+        self.encoder = None
 
     def _require(self) -> AliasTable:
         if self.table is None:
@@ -181,17 +214,25 @@ class KGLinker:
         """Rank candidates for bare mentions (no context): the reranked pool when the linker has a
         reranker, else exact alias hits, then TF-IDF neighbours."""
         table = self._require()
-        return [rank([c], self.prior, None, self.weights)[0] for c in self._hybrid(table)(mentions, k)]
+        # bare mentions share no document: no coherence (vectors=None), no context
+        return rank(self._hybrid(table)(mentions, k), self.prior, None, self.weights)
 
     def _hybrid(self, table: AliasTable) -> CandidateGenerator:
         if self.reranker is not None:
-            return RerankedGenerator(self._name_index(table), self.reranker, self.prior, self._query_encoder(table))
+            index = self._name_index(table)
+            # the pool the reranker was trained on (its rank features depend on it)
+            saved = self.reranker.meta.get("pool")
+            pool = PoolSize(**saved) if saved else PoolSize.from_config(self.candidate_pool, index.encoder is not None)
+            return RerankedGenerator(index, self.reranker, self.prior, self._query_encoder(table), pool)
         return self._untrained_hybrid(table)
 
     def _name_index(self, table: AliasTable) -> NameIndex:
         if self._names is None:
             vectors = self._dense_generator(table).vectors if self.dense_model is not None else None
-            self._names = NameIndex(table, name_vectors=vectors)
+            if self.reranker is not None and self.reranker.meta.get("name_encoder") and self.encoder is None:
+                raise ArtifactError(f"the {self.name} reranker was trained with a name encoder that is missing: "
+                                    "rebuild the linker")
+            self._names = NameIndex(table, name_vectors=vectors, encoder=self.encoder)
         return self._names
 
     def _query_encoder(self, table: AliasTable):
@@ -252,6 +293,8 @@ class KGLinker:
                                  "description": pa.array(self.descriptions, pa.string())}), path / "entities.parquet")
         if self.reranker is not None:
             self.reranker.save(path / "reranker.json")
+        if self.encoder is not None:
+            self.encoder.save(path)
         if self.vectors is not None:
             np.save(path / "vectors.npy", self.vectors.astype(np.float32), allow_pickle=False)
         self._tfidf_generator(table).save(path)
@@ -259,7 +302,8 @@ class KGLinker:
             np.save(path / "name_vectors.npy", self._dense_generator(table).vectors, allow_pickle=False)
         (path / "kb.json").write_text(json.dumps({"aliases": len(table), "entities": len(self.entity_ids),
                                                   "has_vectors": self.vectors is not None,
-                                                  "reranker": self.reranker.meta if self.reranker else None}))
+                                                  "reranker": self.reranker.meta if self.reranker else None,
+                                                  "name_encoder": self.encoder.meta if self.encoder else None}))
 
     def from_disk(self, path: str | Path, *, exclude: tuple = ()) -> "KGLinker":
         path = Path(path)
@@ -275,5 +319,6 @@ class KGLinker:
                      np.zeros(e.num_rows), vectors, descriptions)
         self.prior = np.concatenate([[0.0], e.column("prior").to_numpy()]).astype(np.float32)
         self.reranker = Reranker.load(path / "reranker.json") if (path / "reranker.json").exists() else None
+        self.encoder = NameEncoder.load(path) if (path / ENCODER_WEIGHTS).exists() else None
         self._saved_dir = path  # the TF-IDF model is loaded on first use of candidates()
         return self

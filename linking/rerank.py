@@ -17,13 +17,17 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 
 from linking.aliases import DEFAULT_KIND_WEIGHT, KIND_WEIGHTS, AliasTable
-from pipelines.errors import ArtifactError
+from pipelines.errors import ArtifactError, InputError
 from pipelines.normalize import normalize_alias, variant_key
+
+if TYPE_CHECKING:
+    from linking.encoder import EncoderConfig, NameEncoder
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +43,8 @@ STEM_SEARCH_MAX_DF = 1500
 # one's name was held out) and teach the model to distrust exact matches.
 FEATURES = ("char_cos", "word_cos", "stem_cos", "dense_cos", "jaccard", "len_ratio",
             "word_count_diff", "first_stem", "last_stem", "initials", "char_rank", "stem_rank", "kind_weight",
-            "is_label", "log_aliases", "prior", "char_x_stem", "query_len", "trans_cos", "trans_rank")
+            "is_label", "log_aliases", "prior", "char_x_stem", "query_len", "trans_cos", "trans_rank", "enc_cos",
+            "enc_rank")
 TRANSLATION_MIN_COUNT = 2     # stem pairs seen in fewer same-entity name pairs are noise
 TRANSLATION_MIN_P = 0.05
 TRANSLATION_TOP = 10          # targets kept per source stem (bounds the query expansion's fan-out)
@@ -182,6 +187,7 @@ class NameIndex:
     stem_vocab: dict[str, int] | None = None
     stem_idf: np.ndarray | None = None
     name_vectors: np.ndarray | None = None  # dense name embeddings, one per unique norm (optional)
+    encoder: "NameEncoder | None" = None     # the KB-trained name encoder (optional)
     vectorizers: dict = field(default_factory=dict, init=False)
     translation: sp.csr_matrix | None = field(default=None, init=False)
 
@@ -234,6 +240,8 @@ class NameIndex:
         self.row_log_aliases = np.log1p(n_aliases[t.entity_index]).astype(np.float32)
         self.row_kind_weight = np.array([KIND_WEIGHTS.get(k, DEFAULT_KIND_WEIGHT) for k in t.kind], np.float32)
         self.row_is_label = np.array([k == "label" for k in t.kind], np.float32)
+        self.enc_vectors = self.encoder.encode(names) if self.encoder is not None else None
+        self._enc_faiss = None
         if self.name_vectors is not None and len(self.name_vectors) != len(names):
             raise ArtifactError(f"{len(self.name_vectors)} name vectors for {len(names)} unique aliases: rebuild the linker")
 
@@ -242,46 +250,67 @@ class NameIndex:
                 for key, vec in self.vectorizers.items()}
 
     # -- candidate pool ---------------------------------------------------------------------
-    def pool(self, qnorms: list[str], parsed: _Parsed, query_vectors: np.ndarray | None, n_char: int, n_stem: int,
-             n_dense: int):
-        """(query position, unique-norm position) pairs and the query-side matrices."""
+    def pool(self, qnorms: list[str], parsed: _Parsed, query_vectors: np.ndarray | None, q_enc: np.ndarray | None,
+             size: "PoolSize"):
+        """(query position, unique-norm position) pairs, each pair's reciprocal rank in the char,
+        stem, translated-stem and encoder searches (0 = not found there), and the query-side matrices."""
+        from linking.index import build_faiss
+
         q_char = self.vectorizers["char"].transform(qnorms).tocsr()
         q_stem = self.vectorizers["stem"].transform(parsed.stems).tocsr()
         q_trans = _normalize_rows(_normalize_rows(q_stem @ self.translation) * TRANSLATION_WEIGHT + q_stem)
-        char_top = _top_columns((q_char @ self.char_t).tocsr(), n_char)
-        stem_top = _top_columns((q_stem @ self.stem_t).tocsr(), n_stem)
-        trans_top = _top_columns((q_trans @ self.stem_t).tocsr(), n_stem)
+        none = [np.zeros(0, np.int64)] * len(qnorms)
+        char_top = _top_columns((q_char @ self.char_t).tocsr(), size.char) if size.char else none
+        stem_top = _top_columns((q_stem @ self.stem_t).tocsr(), size.stem) if size.stem else none
+        trans_top = _top_columns((q_trans @ self.stem_t).tocsr(), size.stem) if size.stem else none
+        enc_top = none
+        if q_enc is not None and self.enc_vectors is not None and size.enc:
+            if self._enc_faiss is None:
+                self._enc_faiss, _ = build_faiss(self.enc_vectors)
+            _, found = self._enc_faiss.search(np.ascontiguousarray(q_enc, np.float32), min(size.enc, len(self.norms)))
+            enc_top = [row[row >= 0] for row in found]
         dense_top = None
         if query_vectors is not None and self.name_vectors is not None:
-            from linking.index import build_faiss
-
             if getattr(self, "_faiss", None) is None:
                 self._faiss, _ = build_faiss(self.name_vectors)
-            _, dense_top = self._faiss.search(np.ascontiguousarray(query_vectors, np.float32), n_dense)
-        qi, ui, ranks_out = [], [], []
-        for q, norm in enumerate(qnorms):
-            ranks: dict[int, list[float]] = {}
-            for slot, top in enumerate((char_top[q], stem_top[q], trans_top[q])):
-                for r, u in enumerate(top):
-                    ranks.setdefault(int(u), [0.0, 0.0, 0.0])[slot] = 1.0 / (1 + r)
-            if dense_top is not None:
-                for u in dense_top[q]:
-                    if u >= 0:
-                        ranks.setdefault(int(u), [0.0, 0.0, 0.0])
-            extra = self.by_variant.get(parsed.variants[q], [])
-            if (u := self.by_norm.get(norm)) is not None:
-                extra = [u, *extra]
-            if " " not in norm and 2 <= len(norm) <= 8:
-                extra = [*extra, *self.by_initials.get(norm, [])[:20]]
-            for u in extra:
-                ranks.setdefault(u, [0.0, 0.0, 0.0])
-            qi.extend([q] * len(ranks))
-            ui.extend(ranks)
-            ranks_out.extend(ranks.values())
-        ranks_arr = np.array(ranks_out, np.float32).reshape(-1, 3)
-        return np.array(qi, np.int64), np.array(ui, np.int64), ranks_arr, q_char, q_stem, q_trans
+            _, dense_top = self._faiss.search(np.ascontiguousarray(query_vectors, np.float32), size.dense)
+        # every search's hits as (query, name, slot, reciprocal rank), then one row per distinct
+        # (query, name) holding its reciprocal rank in each search (0 where it was not found)
+        parts_q, parts_u, parts_slot, parts_rr = [], [], [], []
 
-    def pair_features(self, qnorms, parsed: _Parsed, query_vectors, qi, ui, ranks, q_char, q_stem,
+        def add(tops, slot: int) -> None:
+            lengths = np.fromiter((len(t) for t in tops), np.int64, count=len(tops))
+            if not lengths.sum():
+                return
+            parts_q.append(np.repeat(np.arange(len(tops)), lengths))
+            parts_u.append(np.concatenate(tops).astype(np.int64))
+            starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+            parts_rr.append(1.0 / (1.0 + np.arange(int(lengths.sum())) - starts))
+            parts_slot.append(np.full(int(lengths.sum()), slot))
+
+        for slot, tops in enumerate((char_top, stem_top, trans_top, enc_top)):
+            add(tops, slot)
+        extras = []
+        for q, norm in enumerate(qnorms):
+            extra = list(self.by_variant.get(parsed.variants[q], []))
+            if (u := self.by_norm.get(norm)) is not None:
+                extra.append(u)
+            if " " not in norm and 2 <= len(norm) <= 8:
+                extra.extend(self.by_initials.get(norm, [])[:20])
+            extras.append(np.array(extra, np.int64))
+        if dense_top is not None:
+            extras = [np.concatenate([e, d[d >= 0]]) for e, d in zip(extras, dense_top)]
+        add(extras, 4)  # slot 4: pooled, no rank feature
+        if not parts_q:
+            return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4), np.float32), q_char, q_stem,
+                    q_trans)
+        qs, us = np.concatenate(parts_q), np.concatenate(parts_u)
+        keys, inverse = np.unique(qs * len(self.norms) + us, return_inverse=True)
+        ranks = np.zeros((len(keys), 5), np.float32)
+        ranks[inverse, np.concatenate(parts_slot)] = np.concatenate(parts_rr)
+        return keys // len(self.norms), keys % len(self.norms), ranks[:, :4], q_char, q_stem, q_trans
+
+    def pair_features(self, qnorms, parsed: _Parsed, query_vectors, q_enc, qi, ui, ranks, q_char, q_stem,
                       q_trans) -> tuple[np.ndarray, np.ndarray]:
         """One row of name-level features per (query, unique norm) pair (entity columns filled later),
         and each pair's tier: 2 = same normalised name, 1 = same variant key, 0 = neither."""
@@ -297,6 +326,8 @@ class NameIndex:
         shared = dots[:, 4]
         if query_vectors is not None and self.name_vectors is not None:
             f[:, col["dense_cos"]] = np.einsum("ij,ij->i", query_vectors[qi], self.name_vectors[ui])
+        if q_enc is not None and self.enc_vectors is not None:
+            f[:, col["enc_cos"]] = np.einsum("ij,ij->i", q_enc[qi], self.enc_vectors[ui])
         qn = np.array(qnorms, dtype=object)
         qvar = np.array(parsed.variants, dtype=object)
         q_stems = parsed.stems
@@ -314,7 +345,7 @@ class NameIndex:
         f[:, col["first_stem"]] = q_first[qi] == self.first_stem[ui]
         f[:, col["last_stem"]] = q_last[qi] == self.last_stem[ui]
         f[:, col["initials"]] = q_compact[qi] == self.norm_initials[ui]
-        f[:, col["char_rank"]], f[:, col["stem_rank"]], f[:, col["trans_rank"]] = ranks.T
+        f[:, col["char_rank"]], f[:, col["stem_rank"]], f[:, col["trans_rank"]], f[:, col["enc_rank"]] = ranks.T
         f[:, col["char_x_stem"]] = f[:, col["char_cos"]] * f[:, col["stem_cos"]]
         f[:, col["query_len"]] = np.log1p(q_words[qi])
         return f, np.minimum(tier, 2)
@@ -395,9 +426,30 @@ class Reranker:
 
 @dataclass(frozen=True)
 class PoolSize:
+    """Names gathered per mention from each search (0 = that search is skipped). With a name
+    encoder its neighbours carry the pool, and the sparse searches (three quarters of the query
+    time) are off by default: see :meth:`default`."""
+
     char: int = 30
     stem: int = 30
     dense: int = 30
+    enc: int = 30
+
+    @classmethod
+    def default(cls, encoder: bool) -> "PoolSize":
+        return cls(char=0, stem=0, enc=30) if encoder else cls(enc=0)
+
+    @classmethod
+    def from_config(cls, config: dict, encoder: bool, where: str = "candidate_pool") -> "PoolSize":
+        from dataclasses import replace
+
+        unknown = set(config) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise InputError(f"[{where}] unknown key(s) {sorted(unknown)}: expected char, stem, enc, dense")
+        for key, value in config.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InputError(f"[{where}] {key} must be a non-negative integer, got {value!r}")
+        return replace(cls.default(encoder), **config)
 
 
 def score_pairs(index: NameIndex, reranker: Reranker | None, mentions: list[str], prior: np.ndarray,
@@ -407,8 +459,9 @@ def score_pairs(index: NameIndex, reranker: Reranker | None, mentions: list[str]
     reranker the "logit" is the character cosine."""
     qnorms = [normalize_alias(m) for m in mentions]
     parsed = _Parsed(qnorms)
-    qi, ui, ranks, q_char, q_stem, q_trans = index.pool(qnorms, parsed, query_vectors, pool.char, pool.stem, pool.dense)
-    feats, tier = index.pair_features(qnorms, parsed, query_vectors, qi, ui, ranks, q_char, q_stem, q_trans)
+    q_enc = index.encoder.encode(qnorms) if index.encoder is not None else None
+    qi, ui, ranks, q_char, q_stem, q_trans = index.pool(qnorms, parsed, query_vectors, q_enc, pool)
+    feats, tier = index.pair_features(qnorms, parsed, query_vectors, q_enc, qi, ui, ranks, q_char, q_stem, q_trans)
     q, rows, ents, f, tier = index.expand_rows(qi, ui, feats, tier, prior)
     score = reranker.logit(f) if reranker is not None else f[:, FEATURES.index("char_cos")]
     order = np.lexsort((-score, -tier, ents, q))
@@ -421,10 +474,12 @@ def score_pairs(index: NameIndex, reranker: Reranker | None, mentions: list[str]
 
 
 def training_pairs(table: AliasTable, prior: np.ndarray, *, seed: int = 0, max_queries: int = 20_000,
-                   name_vectors_fn=None, pool: PoolSize = PoolSize()):
+                   name_vectors_fn=None, pool: PoolSize = PoolSize(), encoder_config: "EncoderConfig | None" = None):
     """Leave-one-alias-out pairs from the table itself: one non-label alias of every entity with two
-    or more names is held out, the rest indexed, and the held-out names linked. Returns
-    (query position, entity, features, is-gold, number of queries)."""
+    or more names is held out, the rest indexed, and the held-out names linked. With
+    ``encoder_config`` a name encoder is trained on the rest only (so the held-out names are as
+    new to it as real mentions will be to the one trained on the whole table). Returns (query
+    position, entity, features, is-gold, number of queries)."""
     rng = np.random.default_rng(seed)
     by_entity: dict[int, list[int]] = {}
     for row, (ent, kind) in enumerate(zip(table.entity_index.tolist(), table.kind)):
@@ -446,7 +501,13 @@ def training_pairs(table: AliasTable, prior: np.ndarray, *, seed: int = 0, max_q
                      if (norm, ent) not in held_pairs], dtype=np.int64)
     sub = AliasTable([table.alias[r] for r in keep], [table.alias_norm[r] for r in keep],
                      table.entity_index[keep], [table.kind[r] for r in keep])
-    index = NameIndex(sub, name_vectors=name_vectors_fn(_unique_norms(sub)[0].tolist()) if name_vectors_fn else None)
+    encoder = None
+    if encoder_config is not None:
+        from linking.encoder import train_name_encoder
+
+        encoder = train_name_encoder(sub, encoder_config)
+    index = NameIndex(sub, name_vectors=name_vectors_fn(_unique_norms(sub)[0].tolist()) if name_vectors_fn else None,
+                      encoder=encoder)
     mentions = [table.alias[r] for r in held]
     qvec = name_vectors_fn([normalize_alias(m) for m in mentions]) if name_vectors_fn else None
     q, ents, _, _, f, _ = score_pairs(index, None, mentions, prior, qvec, pool)
@@ -455,14 +516,17 @@ def training_pairs(table: AliasTable, prior: np.ndarray, *, seed: int = 0, max_q
 
 
 def train_reranker(table: AliasTable, prior: np.ndarray, *, seed: int = 0, max_queries: int = 20_000,
-                   name_vectors_fn=None, pool: PoolSize = PoolSize(), hidden: tuple[int, ...] = (32,)) -> Reranker:
+                   name_vectors_fn=None, pool: PoolSize = PoolSize(), hidden: tuple[int, ...] = (32,),
+                   encoder_config: "EncoderConfig | None" = None) -> Reranker:
     """A ReLU network (``hidden`` units; ``()`` = logistic regression) fit on :func:`training_pairs`;
     positives are the pooled aliases of the right entity. ``name_vectors_fn(list[str]) ->
-    np.ndarray`` adds the dense feature."""
+    np.ndarray`` adds the dense feature; ``encoder_config`` the KB-trained name encoder's (the
+    linker that uses this reranker must then have an encoder too)."""
     from sklearn.neural_network import MLPClassifier
 
     q, ents, f, target, n_held = training_pairs(table, prior, seed=seed, max_queries=max_queries,
-                                                name_vectors_fn=name_vectors_fn, pool=pool)
+                                                name_vectors_fn=name_vectors_fn, pool=pool,
+                                                encoder_config=encoder_config)
     mean, scale = f.mean(0), f.std(0)
     scale[scale < 1e-6] = 1.0
     x = (f - mean) / scale
@@ -483,7 +547,8 @@ def train_reranker(table: AliasTable, prior: np.ndarray, *, seed: int = 0, max_q
     return Reranker(FEATURES, mean.astype(np.float32), scale.astype(np.float32),
                     tuple(np.asarray(w, np.float32) for w in weights), tuple(np.asarray(b, np.float32) for b in biases),
                     {"queries": n_held, "pairs": int(len(q)), "gold_in_pool": found, "seed": seed,
-                     "hidden": list(hidden)})
+                     "hidden": list(hidden), "name_encoder": encoder_config is not None,
+                     "pool": {k: getattr(pool, k) for k in PoolSize.__dataclass_fields__}})
 
 
 class RerankedGenerator:
@@ -509,9 +574,10 @@ class RerankedGenerator:
         kind_weight = self.index.row_kind_weight[rows]
         score = np.where(tier == 2, kind_weight, np.where(tier == 1, kind_weight * VARIANT_DISCOUNT,
                                                           FUZZY_CEILING * _sigmoid(logit)))
+        # rows come grouped by query, best first: keep each query's first k
+        first = np.searchsorted(q, q)
+        keep = np.flatnonzero(np.arange(len(q)) - first < k)
         out: list[list[Candidate]] = [[] for _ in mentions]
-        for i in range(len(q)):
-            found = out[q[i]]
-            if len(found) < k:
-                found.append(Candidate(int(ents[i]), float(score[i]), table.alias[rows[i]], table.kind[rows[i]]))
+        for i, e, s, r in zip(q[keep].tolist(), ents[keep].tolist(), score[keep].tolist(), rows[keep].tolist()):
+            out[i].append(Candidate(e, s, table.alias[r], table.kind[r]))
         return out
