@@ -559,25 +559,33 @@ class RerankedGenerator:
                  pool: PoolSize = PoolSize()):
         self.index, self.reranker, self.prior, self.encode, self.pool = index, reranker, prior, encode, pool
 
-    def __call__(self, mentions: list[str], k: int) -> list[list["Candidate"]]:
-        from linking.candidates import Candidate, _check_mentions
+    def top_k(self, mentions: list[str], k: int):
+        """(query position, entity index, score, alias row) arrays of every mention's best k
+        entities, grouped by query, best first (what :meth:`__call__` wraps in Candidates)."""
+        from linking.candidates import _check_mentions
 
         mentions = _check_mentions(mentions)
         if not mentions:
-            return []
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.int64)
         vectors = self.encode([normalize_alias(m) for m in mentions]) if self.encode is not None else None
         q, ents, logit, rows, _, tier = score_pairs(self.index, self.reranker, mentions, self.prior, vectors,
                                                     self.pool)
         # exact and variant-key hits keep the alias-kind scores ExactAliasGenerator gives them; the
         # reranked rest stay below that range, in the reranker's order
-        table = self.index.table
         kind_weight = self.index.row_kind_weight[rows]
         score = np.where(tier == 2, kind_weight, np.where(tier == 1, kind_weight * VARIANT_DISCOUNT,
                                                           FUZZY_CEILING * _sigmoid(logit)))
         # rows come grouped by query, best first: keep each query's first k
         first = np.searchsorted(q, q)
         keep = np.flatnonzero(np.arange(len(q)) - first < k)
+        return q[keep], ents[keep], score[keep], rows[keep]
+
+    def __call__(self, mentions: list[str], k: int) -> list[list["Candidate"]]:
+        from linking.candidates import Candidate
+
+        q, ents, score, rows = self.top_k(mentions, k)
+        table = self.index.table
         out: list[list[Candidate]] = [[] for _ in mentions]
-        for i, e, s, r in zip(q[keep].tolist(), ents[keep].tolist(), score[keep].tolist(), rows[keep].tolist()):
+        for i, e, s, r in zip(q.tolist(), ents.tolist(), score.tolist(), rows.tolist()):
             out[i].append(Candidate(e, s, table.alias[r], table.kind[r]))
         return out

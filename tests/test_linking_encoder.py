@@ -119,6 +119,19 @@ def test_linker_trains_saves_and_reloads_its_name_encoder(tmp_path):
     label = {int(e): a for a, e, k in zip(linker.table.alias, linker.table.entity_index, linker.table.kind)
              if k == "label"}
     assert [label[row[0][0]] for row in before] == [f"Hypoplasia of the {parts[3]}", f"Hyperplasia of the {parts[7]}"]
+    # the array fast path of candidates() combines string score and prior exactly as rank() does
+    from linking.disambiguation import rank
+
+    mentions = ["Small " + parts[3], "overgrown " + parts[9], "hypoplasia " + parts[1], "nothing like it"]
+    saved_prior = linker.prior
+    linker.prior = np.random.default_rng(0).random(len(saved_prior)).astype(np.float32)
+    slow = rank(linker._hybrid(linker.table)(mentions, 4), linker.prior, None, linker.weights)
+    fast = linker.candidates(mentions, 4)
+    assert [[(r.entity_index, r.alias) for r in row] for row in fast] == \
+        [[(r.entity_index, r.alias) for r in row] for row in slow]
+    np.testing.assert_allclose([r.score for row in fast for r in row], [r.score for row in slow for r in row],
+                               rtol=1e-5)
+    linker.prior = saved_prior
     nlp.to_disk(tmp_path / "linker")
     saved = tmp_path / "linker" / "kg_linker"
     assert (saved / WEIGHTS_FILE).exists() and (saved / VOCAB_FILE).exists()
