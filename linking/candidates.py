@@ -2,7 +2,9 @@
 
 - :class:`ExactAliasGenerator`: normalised alias lookup (case/punctuation/accent-insensitive).
 - :class:`TfidfCharGenerator`: character 3-gram TF-IDF cosine over the unique aliases (the
-  approach of scispaCy's candidate generator), exact sparse search.
+  approach of scispaCy's candidate generator): exact sparse search up to ``TFIDF_EXACT_MAX``
+  names, beyond that served by FAISS over a truncated-SVD projection of the TF-IDF vectors, the
+  approximate neighbours re-scored by their exact cosine.
 - :class:`DenseNameGenerator`: sentence embeddings of names (e.g. all-MiniLM-L6-v2), served by FAISS.
 - :class:`HybridGenerator`: exact hits first, then the fuzzy generators' candidates, score-fused.
 - :class:`linking.rerank.RerankedGenerator`: exact hits first, then a pooled set of names ranked by
@@ -143,10 +145,21 @@ class DenseNameGenerator:
                 for r, sc in zip(rows, scores)]
 
 
-class TfidfCharGenerator:
-    """Character 3-gram TF-IDF over unique normalised aliases; cosine by sparse dot product."""
+TFIDF_EXACT_MAX = 200_000  # unique names searched exactly; above this, through FAISS
+TFIDF_SVD_DIM = 256
+TFIDF_OVERSAMPLE = 8       # approximate neighbours fetched per wanted name, then re-scored exactly
 
-    def __init__(self, table: AliasTable, vocabulary: dict[str, int] | None = None, idf: np.ndarray | None = None):
+
+class TfidfCharGenerator:
+    """Character 3-gram TF-IDF over unique normalised aliases; cosine by sparse dot product. Above
+    ``exact_max`` unique names the search goes through FAISS (the index :func:`linking.index.build_faiss`
+    chooses by size) over the TF-IDF vectors projected to ``svd_dim`` dimensions by truncated SVD
+    (FAISS has no sparse index), and the ``oversample`` × wanted neighbours it returns are re-scored
+    with the exact sparse cosine."""
+
+    def __init__(self, table: AliasTable, vocabulary: dict[str, int] | None = None, idf: np.ndarray | None = None,
+                 *, exact_max: int = TFIDF_EXACT_MAX, svd_dim: int = TFIDF_SVD_DIM,
+                 oversample: int = TFIDF_OVERSAMPLE, components: np.ndarray | None = None, ann=None):
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         self.table = table
@@ -159,34 +172,86 @@ class TfidfCharGenerator:
             self.vectorizer.vocabulary_ = vocabulary
             self.vectorizer.idf_ = idf
             self.matrix = self.vectorizer.transform(self.norms.tolist())
-        self.matrix_t = self.matrix.T.tocsr()
+        self.matrix = self.matrix.tocsr()
+        self.oversample = oversample
+        self.components, self.ann, self.ann_params = None, None, None
+        if len(self.norms) > exact_max:
+            self._build_ann(svd_dim, components, ann)
+        else:
+            self.matrix_t = self.matrix.T.tocsr()
+
+    def _build_ann(self, svd_dim: int, components: np.ndarray | None, ann) -> None:
+        from linking.index import build_faiss
+
+        if components is None:
+            from sklearn.decomposition import TruncatedSVD
+
+            dim = max(1, min(svd_dim, self.matrix.shape[1] - 1, len(self.norms) - 1))
+            components = TruncatedSVD(dim, random_state=0).fit(self.matrix).components_
+        if components.shape[1] != self.matrix.shape[1]:
+            raise InputError(f"TF-IDF projection has {components.shape[1]} columns for {self.matrix.shape[1]} "
+                             "character 3-grams: rebuild the linker")
+        self.components = np.ascontiguousarray(components, dtype=np.float32)
+        if ann is not None and ann.ntotal == len(self.norms) and ann.d == len(self.components):
+            self.ann = ann
+            self.ann_params = {"type": type(ann).__name__, "ntotal": int(ann.ntotal), "loaded": True}
+        else:
+            self.ann, self.ann_params = build_faiss(self._project(self.matrix))
+
+    def _project(self, rows) -> np.ndarray:
+        out = np.asarray(rows @ self.components.T, dtype=np.float32)
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
 
     def save(self, path: Path) -> None:
         vocab = {k: int(v) for k, v in self.vectorizer.vocabulary_.items()}
         (path / "tfidf_vocab.json").write_text(json.dumps(vocab))
         np.save(path / "tfidf_idf.npy", self.vectorizer.idf_.astype(np.float32), allow_pickle=False)
+        if self.ann is not None:
+            import faiss
+
+            np.save(path / "tfidf_svd.npy", self.components, allow_pickle=False)
+            faiss.write_index(self.ann, str(path / "tfidf_ann.faiss"))
 
     @classmethod
-    def load(cls, path: Path, table: AliasTable) -> "TfidfCharGenerator":
+    def load(cls, path: Path, table: AliasTable, **kwargs) -> "TfidfCharGenerator":
         vocab = json.loads((path / "tfidf_vocab.json").read_text())
-        return cls(table, vocab, np.load(path / "tfidf_idf.npy", allow_pickle=False))
+        components = ann = None
+        if (path / "tfidf_svd.npy").exists() and (path / "tfidf_ann.faiss").exists():
+            import faiss
 
-    def __call__(self, mentions: list[str], k: int, chunk: int = 256) -> list[list[Candidate]]:
+            components = np.load(path / "tfidf_svd.npy", allow_pickle=False)
+            ann = faiss.read_index(str(path / "tfidf_ann.faiss"))
+        return cls(table, vocab, np.load(path / "tfidf_idf.npy", allow_pickle=False), components=components, ann=ann,
+                   **kwargs)
+
+    def _nearest(self, queries, width: int):
+        """(row of similarities restricted to the candidates, candidate columns) per query, best first."""
+        if self.ann is None:
+            for start in range(0, queries.shape[0], 256):
+                # a chunk of similarities as a dense block: top-k by argpartition beats per-row sparse sorting
+                sims = (queries[start:start + 256] @ self.matrix_t).toarray()
+                top = np.argpartition(-sims, width - 1, axis=1)[:, :width] if width < sims.shape[1] else \
+                    np.tile(np.arange(sims.shape[1]), (len(sims), 1))
+                for row, cols in zip(sims, top):
+                    cols = cols[np.argsort(-row[cols])]
+                    cols = cols[row[cols] > 0]
+                    yield cols, row[cols]
+            return
+        _, found = self.ann.search(self._project(queries), min(width * self.oversample, len(self.norms)))
+        for i, cols in enumerate(found):
+            cols = cols[cols >= 0]
+            sims = np.asarray((self.matrix[cols] @ queries[i].T).todense()).ravel()  # exact cosine
+            order = np.argsort(-sims, kind="stable")[:width]
+            cols, sims = cols[order], sims[order]
+            yield cols[sims > 0], sims[sims > 0]
+
+    def __call__(self, mentions: list[str], k: int) -> list[list[Candidate]]:
         mentions = _check_mentions(mentions)
         queries = self.vectorizer.transform([normalize_alias(m) for m in mentions])
         rows_of = lambda u: self.rows_sorted[self.starts[u]:self.ends[u]]  # noqa: E731
         width = min(4 * k, len(self.norms))
-        out = []
-        for start in range(0, len(mentions), chunk):
-            # a chunk of similarities as a dense block: top-k by argpartition beats per-row sparse sorting
-            sims = (queries[start:start + chunk] @ self.matrix_t).toarray()
-            top = np.argpartition(-sims, width - 1, axis=1)[:, :width] if width < sims.shape[1] else \
-                np.tile(np.arange(sims.shape[1]), (len(sims), 1))
-            for row, cols in zip(sims, top):
-                cols = cols[np.argsort(-row[cols])]
-                cols = cols[row[cols] > 0]
-                out.append(_best_per_entity(self.table, rows_of, zip(cols, row[cols]), k))
-        return out
+        return [_best_per_entity(self.table, rows_of, zip(cols, sims), k) for cols, sims in self._nearest(queries, width)]
 
 
 class HybridGenerator:

@@ -44,6 +44,28 @@ def test_tfidf_generator_finds_misspellings_and_survives_save_load(tmp_path):
     assert [c.entity_index for c in again(["tall statue"], 3)[0]] == [c.entity_index for c in gen(["tall statue"], 3)[0]]
 
 
+def test_tfidf_generator_beyond_exact_max_is_served_by_faiss_and_rescored_exactly(tmp_path):
+    rng = np.random.default_rng(0)
+    words = sorted({"".join(rng.choice(list("bcdfgklmnprstvz")) + rng.choice(list("aeiou")) for _ in range(4))
+                    for _ in range(200)})
+    rows = [(f"{p} {w} syndrome", "label", i) for i, (w, p) in
+            enumerate(((w, p) for w in words for p in ("Hypoplastic", "Enlarged")), 1)]
+    table = _table(rows)
+    exact = TfidfCharGenerator(table)
+    approx = TfidfCharGenerator(table, exact_max=50, svd_dim=64)
+    assert exact.ann is None and approx.ann is not None and approx.ann_params["type"] == "IndexFlatIP"
+    queries = [f"{p} {w[:-1]}{w[-1]}{w[-1]} syndrom" for w in words[::7] for p in ("hypoplastc", "enlargd")]
+    got, want = approx(queries, 5), exact(queries, 5)
+    # the approximate neighbours are re-scored exactly: same best entity and same cosine
+    assert [r[0].entity_index for r in got] == [r[0].entity_index for r in want]
+    np.testing.assert_allclose([r[0].score for r in got], [r[0].score for r in want], rtol=1e-5)
+    approx.save(tmp_path)
+    assert (tmp_path / "tfidf_ann.faiss").exists() and (tmp_path / "tfidf_svd.npy").exists()
+    again = TfidfCharGenerator.load(tmp_path, table, exact_max=50)
+    assert again.ann_params.get("loaded") and [[c.entity_index for c in r] for r in again(queries, 5)] == \
+        [[c.entity_index for c in r] for r in got]
+
+
 def test_linker_links_longest_match_and_respects_case(tiny_build):
     nlp = load_linker(tiny_build)
     doc = nlp("Both lens opacities and Near sightedness; LOP was seen, but lop is a verb. CAT carriers had a seizure.")
