@@ -165,8 +165,10 @@ def train_name_encoder(table: AliasTable, config: EncoderConfig = EncoderConfig(
             counts.update(f)
     features = [f for f, _ in counts.most_common(config.max_features)]
     vocab = {f: i for i, f in enumerate(features)}
-    group_ids = [[np.array([vocab[f] for f in fs if f in vocab] or [0], np.int64) for fs in feats]
-                 for feats in group_feats]
+    # every name's feature ids, names of one entity adjacent: entity g owns names start[g] ... start[g] + size[g] - 1
+    name_ids = [np.array([vocab[f] for f in fs if f in vocab] or [0], np.int64) for feats in group_feats for fs in feats]
+    size = np.array([len(feats) for feats in group_feats], np.int64)
+    start_of = np.concatenate([[0], np.cumsum(size)[:-1]])
 
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
@@ -194,11 +196,11 @@ def train_name_encoder(table: AliasTable, config: EncoderConfig = EncoderConfig(
         if len(order) < batch:
             order = np.concatenate([order, rng.permutation(len(groups))])
         chosen, order = order[:batch], order[batch:]
-        left, right = [], []
-        for g in chosen:  # one random pair of names per entity: no entity twice in a batch
-            a, b = rng.choice(len(group_ids[g]), 2, replace=False)
-            left.append(group_ids[g][a])
-            right.append(group_ids[g][b])
+        # one random pair of distinct names per entity (no entity twice in a batch)
+        a = rng.integers(size[chosen])
+        b = (a + 1 + rng.integers(size[chosen] - 1)) % size[chosen]
+        left = [name_ids[i] for i in start_of[chosen] + a]
+        right = [name_ids[i] for i in start_of[chosen] + b]
         za = torch.nn.functional.normalize(emb(*bag(left)), dim=-1)
         zb = torch.nn.functional.normalize(emb(*bag(right)), dim=-1)
         logits = za @ zb.T / config.temperature
