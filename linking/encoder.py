@@ -63,6 +63,7 @@ class EncoderConfig:
     lr: float = 3e-3
     ngrams: tuple[int, ...] = (3, 4, 5)
     max_features: int = 1_000_000  # most frequent features kept (memory: max_features x dim x 4 bytes)
+    max_entities: int = 200_000  # multi-name entities trained on (a seeded sample beyond this bounds memory)
     min_entities: int = 20       # fewer multi-name entities than this: nothing to learn from
     seed: int = 0
 
@@ -99,8 +100,10 @@ class NameEncoder:
         word_ids = self._word_ids
         return [[i for w in n.split(" ") for i in word_ids(w)] for n in norms]
 
-    def encode(self, norms: list[str]) -> np.ndarray:
+    def encode(self, norms: list[str], chunk: int = 100_000) -> np.ndarray:
         """Unit vectors, one per normalised name; a name with no known feature gets the zero vector."""
+        if len(norms) > chunk:
+            return np.concatenate([self.encode(norms[i:i + chunk], chunk) for i in range(0, len(norms), chunk)])
         import scipy.sparse as sp
 
         ids = self.feature_ids(norms)
@@ -154,6 +157,12 @@ def train_name_encoder(table: AliasTable, config: EncoderConfig = EncoderConfig(
     if len(groups) < config.min_entities:
         raise ArtifactError(f"only {len(groups)} entities have two or more names: too few to train a name encoder")
     start = time.perf_counter()
+    rng = np.random.default_rng(config.seed)
+    if len(groups) > config.max_entities:
+        # training draws at most max_steps x batch_size pairs anyway; a sample keeps the feature
+        # lists of a Wikidata-sized table out of memory
+        log.info("name encoder: training on a sample of %d of %d multi-name entities", config.max_entities, len(groups))
+        groups = [groups[i] for i in np.sort(rng.choice(len(groups), config.max_entities, replace=False))]
     # the vocabulary: features of the training names only (a feature no training name has would
     # keep its random start and add noise); the most frequent max_features of them
     counts: Counter = Counter()
@@ -170,7 +179,6 @@ def train_name_encoder(table: AliasTable, config: EncoderConfig = EncoderConfig(
     size = np.array([len(feats) for feats in group_feats], np.int64)
     start_of = np.concatenate([[0], np.cumsum(size)[:-1]])
 
-    rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     # dense gradients and Adam are 2-3x faster while the table is small; sparse ones (lazy Adam)
     # keep a step's cost independent of the vocabulary on big KBs

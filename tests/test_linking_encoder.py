@@ -80,6 +80,13 @@ def test_encoder_round_trips_through_safetensors_and_json(encoder, tmp_path):
         NameEncoder.load(tmp_path)
 
 
+def test_encoder_bounds_its_training_sample_and_encodes_in_chunks():
+    small = train_name_encoder(_kb(_parts(60)), EncoderConfig(dim=16, epochs=2, max_entities=25))
+    assert small.meta["entities"] == 25
+    names = [f"small {p}" for p in _parts(30, seed=5)]
+    np.testing.assert_allclose(small.encode(names, chunk=7), small.encode(names), rtol=1e-6)
+
+
 def test_encoder_refuses_a_table_without_synonyms():
     table = _table([(f"Thing {p}", i, "label") for i, p in enumerate(_parts(30), 1)])
     with pytest.raises(ArtifactError, match="too few to train a name encoder"):
