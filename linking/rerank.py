@@ -1,8 +1,10 @@
 """Learned candidate reranking for bare mentions.
 
-A pool of alias names is gathered per mention (exact and variant keys, character 3-gram TF-IDF
-neighbours, word-stem TF-IDF neighbours, the same expanded through a stem translation table learned
-from names that share an entity, abbreviation initials, optionally dense name neighbours), every
+A pool of alias names is gathered per mention (exact and variant keys, abbreviation initials, the
+nearest names under the KB-trained name encoder of :mod:`linking.encoder` when there is one, and
+otherwise character 3-gram TF-IDF neighbours, word-stem TF-IDF neighbours and the same expanded
+through a stem translation table learned from names that share an entity — :class:`PoolSize`
+chooses; optionally dense neighbours from a transformer name encoder), every
 (mention, alias) pair gets a handful of string features, and a small ReLU network (logistic
 regression for small tables) scores them; an entity's score is its best alias's. Exact and
 variant-key hits rank first, the reranked rest below them. The model is trained at build time on
