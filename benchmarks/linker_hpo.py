@@ -153,10 +153,11 @@ def main() -> None:
     ap.add_argument("--dense", action="store_true", help="also ours with the MiniLM name encoder (slow on CPU)")
     ap.add_argument("--no-baseline", action="store_true", help="skip ours without the reranker")
     ap.add_argument("--repeats", type=int, default=5, help="timing rounds (ours, then the peer, per round)")
+    ap.add_argument("--seed", type=int, default=0, help="which synonym of each term is held out (the issue's split: 0)")
     ap.add_argument("--tfidf-faiss", action="store_true",
                     help="only compare the TF-IDF generator's exact search with its FAISS path")
     args = ap.parse_args()
-    kb, queries, labels = holdout()
+    kb, queries, labels = holdout(args.seed)
     if args.tfidf_faiss:
         return tfidf_faiss(kb, queries, labels)
     types = sorted({t for _, _, t in queries})
