@@ -42,8 +42,9 @@ def build_linker(layout: ArtifactLayout, model: str | None = "transe") -> dict[s
             nlp.to_disk(tmp)
     log.info("linker with %d aliases saved to %s", len(table), layout.linker)
     reranker = linker.reranker.meta if linker.reranker is not None else None
+    encoder = linker.encoder.meta if linker.encoder is not None else None
     return record_stage(layout, "linker", parameters={"embedding_model": model, "has_vectors": vectors is not None,
-                                                      "reranker": reranker},
+                                                      "reranker": reranker, "name_encoder": encoder},
                         outputs={"linker": str(layout.linker)}, counts={"aliases": len(table)},
                         wall_time_s=timer.seconds)
 

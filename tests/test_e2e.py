@@ -40,8 +40,11 @@ def test_flow_builds_every_artifact(hpo_slice):
     assert 0 < manifest["stages"]["embed:transe"]["metrics"]["mrr"] < 1
     shards = json.loads((base / "shards" / "manifest.json").read_text())
     assert all(shards["sets"][s]["rows"] > 0 for s in ("knowledge", "joint", "alignment"))
+    linker = manifest["stages"]["linker"]["parameters"]
+    assert linker["name_encoder"]["entities"] >= 20 and linker["reranker"]["name_encoder"]
     for path in ("kg/entities.parquet", "embeddings/transe/entities.npy", "index/entities.faiss",
-                 "linker/config.cfg", "adapters/stage1/knowledge.safetensors"):
+                 "linker/config.cfg", "linker/kg_linker/name_encoder.safetensors",
+                 "adapters/stage1/knowledge.safetensors"):
         assert (base / path).exists(), path
     out = result.stdout
     assert "kalora build 'hpo-eye'" in out and str(base / "manifest.json") in out.replace("\n", "")
