@@ -21,7 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from linking.aliases import KIND_WEIGHTS, DEFAULT_KIND_WEIGHT, AliasTable
-from pipelines.errors import InputError
+from pipelines.errors import ArtifactError, InputError
 from pipelines.normalize import normalize_alias, variant_key
 
 
@@ -189,8 +189,8 @@ class TfidfCharGenerator:
             dim = max(1, min(svd_dim, self.matrix.shape[1] - 1, len(self.norms) - 1))
             components = TruncatedSVD(dim, random_state=0).fit(self.matrix).components_
         if components.shape[1] != self.matrix.shape[1]:
-            raise InputError(f"TF-IDF projection has {components.shape[1]} columns for {self.matrix.shape[1]} "
-                             "character 3-grams: rebuild the linker")
+            raise ArtifactError(f"TF-IDF projection has {components.shape[1]} columns for {self.matrix.shape[1]} "
+                                "character 3-grams: rebuild the linker")
         self.components = np.ascontiguousarray(components, dtype=np.float32)
         if ann is not None and ann.ntotal == len(self.norms) and ann.d == len(self.components):
             self.ann = ann
@@ -220,13 +220,16 @@ class TfidfCharGenerator:
         if (path / "tfidf_svd.npy").exists() and (path / "tfidf_ann.faiss").exists():
             import faiss
 
-            components = np.load(path / "tfidf_svd.npy", allow_pickle=False)
-            ann = faiss.read_index(str(path / "tfidf_ann.faiss"))
+            try:
+                components = np.load(path / "tfidf_svd.npy", allow_pickle=False)
+                ann = faiss.read_index(str(path / "tfidf_ann.faiss"))
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise ArtifactError(f"{path}: unreadable TF-IDF index ({exc}): rebuild the linker") from None
         return cls(table, vocab, np.load(path / "tfidf_idf.npy", allow_pickle=False), components=components, ann=ann,
                    **kwargs)
 
     def _nearest(self, queries, width: int):
-        """(row of similarities restricted to the candidates, candidate columns) per query, best first."""
+        """Per query: (unique-name positions, their cosine), best first, at most ``width``, zeros dropped."""
         if self.ann is None:
             for start in range(0, queries.shape[0], 256):
                 # a chunk of similarities as a dense block: top-k by argpartition beats per-row sparse sorting

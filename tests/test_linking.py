@@ -64,6 +64,9 @@ def test_tfidf_generator_beyond_exact_max_is_served_by_faiss_and_rescored_exactl
     again = TfidfCharGenerator.load(tmp_path, table, exact_max=50)
     assert again.ann_params.get("loaded") and [[c.entity_index for c in r] for r in again(queries, 5)] == \
         [[c.entity_index for c in r] for r in got]
+    (tmp_path / "tfidf_ann.faiss").write_bytes(b"not an index")
+    with pytest.raises(ArtifactError, match="unreadable TF-IDF index"):
+        TfidfCharGenerator.load(tmp_path, table, exact_max=50)
 
 
 def test_linker_links_longest_match_and_respects_case(tiny_build):
