@@ -125,9 +125,7 @@ class KGLinker:
         synonyms (:func:`linking.rerank.train_reranker`), and with ``name_encoder`` on (the default)
         the name encoder it uses (:mod:`linking.encoder`); a table with too few multi-name entities
         keeps the untrained exact + TF-IDF ranking."""
-        self._set_kb(table, entity_ids, entity_types, priors, vectors, descriptions)
-        self.reranker = None
-        self.encoder = None
+        self._set_kb(table, entity_ids, entity_types, priors, vectors, descriptions)  # no reranker/encoder yet
         if not self.rerank:
             return
         config = EncoderConfig()
@@ -174,6 +172,7 @@ class KGLinker:
         self._dense = None
         self._names = None
         self._context = None
+        self.reranker = None
         self.encoder = None
 
     def _require(self) -> AliasTable:

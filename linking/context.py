@@ -25,6 +25,7 @@ def context_words(text: str) -> list[str]:
 
 
 def _given(tokens: list[str]) -> list[str]:
+    """TF-IDF analyzer for documents that are already token lists."""
     return tokens
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from linking.aliases import AliasTable
+from linking.rerank import STOPWORDS
 from pipelines.errors import ArtifactError
 from pipelines.normalize import variant_key
 
@@ -35,7 +36,6 @@ WEIGHTS_FILE = "name_encoder.safetensors"
 VOCAB_FILE = "name_encoder.json"
 SPARSE_ABOVE = 250_000  # features; see train_name_encoder
 WORD_CACHE = 200_000  # words whose feature ids are remembered between calls
-STOPWORDS = frozenset("of the and in a an to with or by on for at from as".split())
 
 
 def name_features(norm: str, ngrams: tuple[int, ...] = (3, 4, 5)) -> list[str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from linking.aliases import DEFAULT_KIND_WEIGHT, KIND_WEIGHTS, AliasTable
+from linking.candidates import _unique_norms
+from linking.context import _given
 from pipelines.errors import ArtifactError, InputError
 from pipelines.normalize import normalize_alias, variant_key
 
@@ -52,22 +55,13 @@ TRANSLATION_MIN_P = 0.05
 TRANSLATION_TOP = 10          # targets kept per source stem (bounds the query expansion's fan-out)
 TRANSLATION_WEIGHT = 1.0
 VARIANT_DISCOUNT = 0.95       # as ExactAliasGenerator
-FUZZY_CEILING = 0.79
-MLP_MIN_QUERIES = 1000        # below this a hidden layer overfits (separable data, saturated logits)          # reranked (non-exact) candidates score below every exact hit
+FUZZY_CEILING = 0.79          # reranked (non-exact) candidates score below every exact hit
+MLP_MIN_QUERIES = 1000        # below this a hidden layer overfits (separable data, saturated logits)
 
 
 def word_keys(norm: str, stem: int | None = STEM_CHARS) -> list[str]:
     """Content words of a normalised name in American/singular form, optionally cut to a stem."""
     return [w[:stem] if stem else w for w in variant_key(norm).split(" ") if w and w not in STOPWORDS]
-
-
-def _stem_keys(norm: str) -> list[str]:
-    return word_keys(norm)
-
-
-def _given(tokens: list[str]) -> list[str]:
-    """Analyzer for token lists computed once per name (see :class:`_Parsed`)."""
-    return tokens
 
 
 class _Parsed:
@@ -92,11 +86,10 @@ def _tfidf(analyzer):
     return TfidfVectorizer(min_df=1, dtype=np.float32, sublinear_tf=True, **kwargs)
 
 
-def _unique_norms(table: AliasTable):
-    norms, inverse = np.unique(np.asarray(table.alias_norm, dtype=object), return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
-    starts = np.searchsorted(inverse[order], np.arange(len(norms)))
-    return norms, order, starts, np.append(starts[1:], len(order))
+def _search_matrix(matrix: sp.csr_matrix, max_df: int) -> sp.csr_matrix:
+    """The transposed (term x name) matrix, without the terms that more than ``max_df`` names carry."""
+    df = np.diff(matrix.tocsc().indptr)
+    return (sp.diags((df <= max_df).astype(np.float32)) @ matrix.T).tocsr()
 
 
 def _row_dots(a: sp.csr_matrix, ai: np.ndarray, b: sp.csr_matrix, bi: np.ndarray) -> np.ndarray:
@@ -156,7 +149,7 @@ def stem_translation(table: AliasTable, vocab: dict[str, int]) -> sp.csr_matrix:
     for names in names_of.values():
         if len(names) < 2:
             continue
-        stems = [{s for s in _stem_keys(n) if s in vocab} for n in names]
+        stems = [{s for s in word_keys(n) if s in vocab} for n in names]
         for i, a in enumerate(stems):
             others = set().union(*(b for j, b in enumerate(stems) if j != i))
             for s in a:
@@ -209,19 +202,12 @@ class NameIndex:
                 vec.vocabulary_, vec.idf_ = vocab, idf
                 self.matrices[key] = vec.transform(docs).tocsr()
             self.vectorizers[key] = vec
-        df = np.diff(self.matrices["char"].tocsc().indptr)
-        self.char_search_mask = sp.diags((df <= CHAR_SEARCH_MAX_DF).astype(np.float32)).tocsr()
-        stem_df = np.diff(self.matrices["stem"].tocsc().indptr)
-        self.stem_search_mask = sp.diags((stem_df <= STEM_SEARCH_MAX_DF).astype(np.float32)).tocsr()
         binary = self.matrices["word"].copy()
         binary.data[:] = 1.0
         self.word_binary = binary
         blocks = [self.matrices["char"], self.matrices["word"], self.matrices["stem"], self.matrices["stem"], binary]
         self.name_blocks = sp.hstack(blocks, format="csr")
         self.block_indicator = _block_indicator([b.shape[1] for b in blocks])
-        # search matrices: common n-grams/stems dropped from the posting lists (see CHAR_SEARCH_MAX_DF)
-        self.char_t = (self.char_search_mask @ self.matrices["char"].T).tocsr()
-        self.stem_t = (self.stem_search_mask @ self.matrices["stem"].T).tocsr()
         self.translation = stem_translation(t, self.vectorizers["stem"].vocabulary_)
         self.by_norm = {n: u for u, n in enumerate(names)}
         self.by_variant: dict[str, list[int]] = {}
@@ -246,6 +232,16 @@ class NameIndex:
         self._enc_faiss = None
         if self.name_vectors is not None and len(self.name_vectors) != len(names):
             raise ArtifactError(f"{len(self.name_vectors)} name vectors for {len(names)} unique aliases: rebuild the linker")
+
+    # search matrices, built on first use (the default pool with a name encoder never searches them):
+    # common n-grams/stems dropped from the posting lists (see CHAR_SEARCH_MAX_DF)
+    @cached_property
+    def char_t(self) -> sp.csr_matrix:
+        return _search_matrix(self.matrices["char"], CHAR_SEARCH_MAX_DF)
+
+    @cached_property
+    def stem_t(self) -> sp.csr_matrix:
+        return _search_matrix(self.matrices["stem"], STEM_SEARCH_MAX_DF)
 
     def vocabularies(self) -> dict:
         return {key: ({k: int(v) for k, v in vec.vocabulary_.items()}, vec.idf_.astype(np.float32))
