@@ -80,7 +80,7 @@ def linker_task(cfg: BuildConfig, layout: ArtifactLayout) -> dict[str, Any]:
 
 @task(name="linker-recall", cache_policy=NO_CACHE, **RETRIES)
 def linker_eval_task(cfg: BuildConfig, layout: ArtifactLayout) -> dict[str, Any]:
-    from flows.quality import linker_alias_recall
+    from linking.evaluate import linker_alias_recall
 
     return linker_alias_recall(layout)
 

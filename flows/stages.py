@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.config import BuildConfig
+from linking.evaluate import AliasRecallConfig
 from pipelines.artifacts import ArtifactLayout, cache_key, cached_entry, code_version, input_digests
 
 STAGE_NAMES = ("ingest", "embed", "index", "linker", "shards", "train")
@@ -65,7 +66,7 @@ SPECS: dict[str, StageSpec] = {
     "linker_eval": StageSpec(
         "linker_eval", ("linking", "flows"), lambda cfg: "eval:linker",
         lambda cfg, lay: {"aliases": lay.aliases, "linker": lay.linker},
-        lambda cfg: {"sample": 500, "k": 10, "seed": 0},
+        lambda cfg: AliasRecallConfig().to_dict(),
         lambda cfg, lay: []),
     "shards": StageSpec(
         "shards", ("pipelines", "linking"), lambda cfg: "shards",

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 
 from pipelines.artifacts import ArtifactLayout
 from pipelines.errors import InputError
+from pipelines.normalize import variant_key
 
 # Match-quality weight of each alias kind (how much an exact hit on it says about the entity).
 KIND_WEIGHTS = {"label": 1.0, "synonym_exact": 0.95, "symbol": 0.95, "synonym": 0.9, "layperson": 0.9,
@@ -36,9 +37,16 @@ class AliasTable:
     alias_norm: list[str]
     entity_index: np.ndarray  # int32, index into the entity table (1-based, 0 = padding)
     kind: list[str]
+    alias_variant: list[str] | None = None  # variant_key of each alias_norm, computed on first use
 
     def __len__(self) -> int:
         return len(self.alias)
+
+    def variants(self) -> list[str]:
+        """``variant_key`` of every row's normalised alias (computed once; saved with the linker)."""
+        if self.alias_variant is None:
+            self.alias_variant = [variant_key(n) for n in self.alias_norm]
+        return self.alias_variant
 
     @classmethod
     def from_layout(cls, layout: ArtifactLayout, min_chars: int = 3) -> "AliasTable":
@@ -57,8 +65,18 @@ class AliasTable:
         """Drop aliases too short to link safely, unless they are case-sensitive acronyms."""
         keep = [i for i, (a, n, k) in enumerate(zip(self.alias, self.alias_norm, self.kind))
                 if n and (len(n.replace(" ", "")) >= min_chars or (is_case_sensitive(a, k) and len(n) >= 2))]
+        variants = [self.alias_variant[i] for i in keep] if self.alias_variant is not None else None
         return AliasTable([self.alias[i] for i in keep], [self.alias_norm[i] for i in keep],
-                          self.entity_index[keep], [self.kind[i] for i in keep])
+                          self.entity_index[keep], [self.kind[i] for i in keep], variants)
+
+
+def unique_norms(table: AliasTable):
+    """Unique normalised aliases and, for each, the alias-table rows that carry it:
+    (norms, rows sorted by norm, start and end of each norm's rows in that order)."""
+    norms, inverse = np.unique(np.asarray(table.alias_norm, dtype=object), return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    starts = np.searchsorted(inverse[order], np.arange(len(norms)))
+    return norms, order, starts, np.append(starts[1:], len(order))
 
 
 def _arr(values):

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from linking.aliases import AliasTable
+from linking.config import LinkerConfig
 from pipelines.artifacts import ArtifactLayout, Timer, record_stage, staged_dir
 from pipelines.errors import ArtifactError, InputError
 
@@ -21,12 +22,17 @@ def _entity_label(types: list[str] | None) -> str:
     return (plain[0] if plain else "ENTITY").upper()
 
 
-def build_linker(layout: ArtifactLayout, model: str | None = "transe") -> dict[str, Any]:
-    """spacy.blank("en") + ``kg_linker`` over the KG's aliases (and KG vectors for coherence)."""
+def build_linker(layout: ArtifactLayout, model: str | None = "transe", config: LinkerConfig | None = None) -> dict[str, Any]:
+    """spacy.blank("en") + ``kg_linker`` over the KG's aliases (and KG vectors for coherence); the
+    component gets ``config``'s component settings, :func:`linking.train.train_models` its training
+    settings. The saved pipeline carries every model and index (see :mod:`linking.component`)."""
     import spacy
 
     import linking.component  # noqa: F401  (registers the factory when run from a source tree)
+    from linking.kb import KnowledgeBase
+    from linking.train import train_models
 
+    config = config or LinkerConfig()
     with Timer() as timer:
         table = AliasTable.from_layout(layout)
         ents = pq.read_table(layout.entities, columns=["entity_id", "types", "prior", "description"])
@@ -34,17 +40,22 @@ def build_linker(layout: ArtifactLayout, model: str | None = "transe") -> dict[s
         if model is not None and (layout.embeddings(model) / "entities.npy").exists():
             vectors = np.load(layout.embeddings(model) / "entities.npy", allow_pickle=False)
         nlp = spacy.blank("en")
-        linker = nlp.add_pipe("kg_linker")
-        linker.initialize_kb(table, ents.column("entity_id").to_pylist(),
-                             [_entity_label(t) for t in ents.column("types").to_pylist()],
-                             ents.column("prior").to_numpy(), vectors, ents.column("description").to_pylist())
+        linker = nlp.add_pipe("kg_linker", config=config.component_config())
+        linker.set_kb(KnowledgeBase.create(table, ents.column("entity_id").to_pylist(),
+                                           [_entity_label(t) for t in ents.column("types").to_pylist()],
+                                           ents.column("prior").to_numpy(), vectors,
+                                           ents.column("description").to_pylist()))
+        models = train_models(table, linker.prior, config,
+                              linker.retrieval.name_vectors_fn())
+        linker.set_models(models.encoder, models.reranker)
         with staged_dir(layout.linker) as tmp:
             nlp.to_disk(tmp)
     log.info("linker with %d aliases saved to %s", len(table), layout.linker)
     reranker = linker.reranker.meta if linker.reranker is not None else None
     encoder = linker.encoder.meta if linker.encoder is not None else None
     return record_stage(layout, "linker", parameters={"embedding_model": model, "has_vectors": vectors is not None,
-                                                      "reranker": reranker, "name_encoder": encoder},
+                                                      "reranker": reranker, "name_encoder": encoder,
+                                                      "config": config.to_dict()},
                         outputs={"linker": str(layout.linker)}, counts={"aliases": len(table)},
                         wall_time_s=timer.seconds)
 

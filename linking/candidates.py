@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from linking.aliases import KIND_WEIGHTS, DEFAULT_KIND_WEIGHT, AliasTable
+from linking.aliases import DEFAULT_KIND_WEIGHT, KIND_WEIGHTS, AliasTable, unique_norms
 from pipelines.errors import ArtifactError, InputError
 from pipelines.normalize import normalize_alias, variant_key
 
@@ -37,7 +37,7 @@ class CandidateGenerator(Protocol):
     def __call__(self, mentions: list[str], k: int) -> list[list[Candidate]]: ...
 
 
-def _check_mentions(mentions) -> list[str]:
+def check_mentions(mentions) -> list[str]:
     if isinstance(mentions, str) or not isinstance(mentions, (list, tuple)):
         raise InputError(f"mentions must be a list of strings, got {type(mentions).__name__}")
     for i, m in enumerate(mentions):
@@ -66,14 +66,14 @@ class ExactAliasGenerator:
     def __init__(self, table: AliasTable):
         self.by_norm: dict[str, list[int]] = {}
         self.by_variant: dict[str, list[int]] = {}
-        for row, norm in enumerate(table.alias_norm):
+        for row, (norm, variant) in enumerate(zip(table.alias_norm, table.variants())):
             self.by_norm.setdefault(norm, []).append(row)
-            self.by_variant.setdefault(variant_key(norm), []).append(row)
+            self.by_variant.setdefault(variant, []).append(row)
         self.table = table
 
     def __call__(self, mentions: list[str], k: int) -> list[list[Candidate]]:
         out = []
-        for mention in _check_mentions(mentions):
+        for mention in check_mentions(mentions):
             norm = normalize_alias(mention)
             found = candidates_from_rows(self.table, self.by_norm.get(norm, []), k)
             if not found:
@@ -81,14 +81,6 @@ class ExactAliasGenerator:
                          for c in candidates_from_rows(self.table, self.by_variant.get(variant_key(norm), []), k)]
             out.append(found)
         return out
-
-
-def _unique_norms(table: AliasTable):
-    """Unique normalised aliases and, for each, the alias-table rows that carry it."""
-    norms, inverse = np.unique(np.asarray(table.alias_norm, dtype=object), return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
-    starts = np.searchsorted(inverse[order], np.arange(len(norms)))
-    return norms, order, starts, np.append(starts[1:], len(order))
 
 
 def _best_per_entity(table: AliasTable, rows_of, scored_norms, k: int) -> list[Candidate]:
@@ -107,7 +99,7 @@ class DenseNameGenerator:
     all-MiniLM-L6-v2, loaded from a local directory), nearest neighbours served by FAISS."""
 
     def __init__(self, table: AliasTable, model_path: str | Path, vectors: np.ndarray | None = None,
-                 batch_size: int = 256):
+                 batch_size: int = 256, index=None):
         from transformers import AutoModel, AutoTokenizer
 
         from linking.index import build_faiss
@@ -117,11 +109,14 @@ class DenseNameGenerator:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.model = AutoModel.from_pretrained(self.model_path).eval()
         self.batch_size = batch_size
-        self.norms, self.rows_sorted, self.starts, self.ends = _unique_norms(table)
+        self.norms, self.rows_sorted, self.starts, self.ends = unique_norms(table)
         self.vectors = vectors if vectors is not None else self.encode(self.norms.tolist())
         if len(self.vectors) != len(self.norms):
             raise InputError(f"{len(self.vectors)} saved name vectors for {len(self.norms)} unique aliases: rebuild the linker")
-        self.index, self.index_params = build_faiss(self.vectors)
+        if index is not None and index.ntotal == len(self.vectors):
+            self.index, self.index_params = index, {"type": type(index).__name__, "ntotal": int(index.ntotal)}
+        else:
+            self.index, self.index_params = build_faiss(self.vectors)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -138,7 +133,7 @@ class DenseNameGenerator:
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 1), np.float32)
 
     def __call__(self, mentions: list[str], k: int) -> list[list[Candidate]]:
-        mentions = _check_mentions(mentions)
+        mentions = check_mentions(mentions)
         scores, rows = self.index.search(self.encode([normalize_alias(m) for m in mentions]), 4 * k)
         rows_of = lambda u: self.rows_sorted[self.starts[u]:self.ends[u]]  # noqa: E731
         return [_best_per_entity(self.table, rows_of, [(u, s) for u, s in zip(r, sc) if u >= 0], k)
@@ -159,11 +154,12 @@ class TfidfCharGenerator:
 
     def __init__(self, table: AliasTable, vocabulary: dict[str, int] | None = None, idf: np.ndarray | None = None,
                  *, exact_max: int = TFIDF_EXACT_MAX, svd_dim: int = TFIDF_SVD_DIM,
-                 oversample: int = TFIDF_OVERSAMPLE, components: np.ndarray | None = None, ann=None):
+                 oversample: int = TFIDF_OVERSAMPLE, components: np.ndarray | None = None, ann=None,
+                 matrix=None):
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         self.table = table
-        self.norms, self.rows_sorted, self.starts, self.ends = _unique_norms(table)
+        self.norms, self.rows_sorted, self.starts, self.ends = unique_norms(table)
         self.vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 3), min_df=1, dtype=np.float32,
                                           sublinear_tf=True)
         if vocabulary is None:
@@ -171,7 +167,7 @@ class TfidfCharGenerator:
         else:
             self.vectorizer.vocabulary_ = vocabulary
             self.vectorizer.idf_ = idf
-            self.matrix = self.vectorizer.transform(self.norms.tolist())
+            self.matrix = matrix if matrix is not None else self.vectorizer.transform(self.norms.tolist())
         self.matrix = self.matrix.tocsr()
         self.oversample = oversample
         self.components, self.ann, self.ann_params = None, None, None
@@ -203,20 +199,32 @@ class TfidfCharGenerator:
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path) -> list[str]:
+        """Vocabulary, idf, the names' TF-IDF matrix and (when searched through FAISS) the projection
+        and the index; returns the file names written."""
+        import scipy.sparse as sp
+
         vocab = {k: int(v) for k, v in self.vectorizer.vocabulary_.items()}
         (path / "tfidf_vocab.json").write_text(json.dumps(vocab))
         np.save(path / "tfidf_idf.npy", self.vectorizer.idf_.astype(np.float32), allow_pickle=False)
+        sp.save_npz(path / "tfidf_matrix.npz", self.matrix)
+        written = ["tfidf_vocab.json", "tfidf_idf.npy", "tfidf_matrix.npz"]
         if self.ann is not None:
             import faiss
 
             np.save(path / "tfidf_svd.npy", self.components, allow_pickle=False)
             faiss.write_index(self.ann, str(path / "tfidf_ann.faiss"))
+            written += ["tfidf_svd.npy", "tfidf_ann.faiss"]
+        return written
 
     @classmethod
     def load(cls, path: Path, table: AliasTable, **kwargs) -> "TfidfCharGenerator":
+        import scipy.sparse as sp
+
         vocab = json.loads((path / "tfidf_vocab.json").read_text())
-        components = ann = None
+        components = ann = matrix = None
+        if (path / "tfidf_matrix.npz").exists():
+            matrix = sp.load_npz(path / "tfidf_matrix.npz").tocsr()
         if (path / "tfidf_svd.npy").exists() and (path / "tfidf_ann.faiss").exists():
             import faiss
 
@@ -226,7 +234,7 @@ class TfidfCharGenerator:
             except (OSError, ValueError, RuntimeError) as exc:
                 raise ArtifactError(f"{path}: unreadable TF-IDF index ({exc}): rebuild the linker") from None
         return cls(table, vocab, np.load(path / "tfidf_idf.npy", allow_pickle=False), components=components, ann=ann,
-                   **kwargs)
+                   matrix=matrix, **kwargs)
 
     def _nearest(self, queries, width: int):
         """Per query: (unique-name positions, their cosine), best first, at most ``width``, zeros dropped."""
@@ -250,7 +258,7 @@ class TfidfCharGenerator:
             yield cols[sims > 0], sims[sims > 0]
 
     def __call__(self, mentions: list[str], k: int) -> list[list[Candidate]]:
-        mentions = _check_mentions(mentions)
+        mentions = check_mentions(mentions)
         queries = self.vectorizer.transform([normalize_alias(m) for m in mentions])
         rows_of = lambda u: self.rows_sorted[self.starts[u]:self.ends[u]]  # noqa: E731
         width = min(4 * k, len(self.norms))

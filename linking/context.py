@@ -9,9 +9,14 @@ profiles, deterministically, so a saved linker rebuilds the same model from its 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import scipy.sparse as sp
 
+from linking.keys import given
+from pipelines.errors import ArtifactError
 from pipelines.normalize import normalize_alias
 
 STOPWORDS = frozenset(
@@ -24,21 +29,38 @@ def context_words(text: str) -> list[str]:
     return [w[:6] for w in normalize_alias(text).split(" ") if len(w) > 1 and w not in STOPWORDS]
 
 
-def _given(tokens: list[str]) -> list[str]:
-    """TF-IDF analyzer for documents that are already token lists."""
-    return tokens
-
-
 class ContextModel:
     """Word TF-IDF profiles of entities; rows are KG entity indices (row 0 = padding, empty)."""
 
     def __init__(self, profiles: list[str]):
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        self.vectorizer = TfidfVectorizer(analyzer=_given, sublinear_tf=True, dtype=np.float32)
+        self.vectorizer = TfidfVectorizer(analyzer=given, sublinear_tf=True, dtype=np.float32)
         docs = [context_words(p or "") for p in profiles]
         matrix = self.vectorizer.fit_transform([[]] + docs) if any(docs) else sp.csr_matrix((len(docs) + 1, 1))
         self.profiles = matrix.tocsr()
+
+    def save(self, path: Path) -> list[str]:
+        """The fitted vocabulary, idf and profile matrix; returns the file names written."""
+        sp.save_npz(path / "context_profiles.npz", self.profiles)
+        vocab = getattr(self.vectorizer, "vocabulary_", None)
+        idf = self.vectorizer.idf_.astype(np.float32) if vocab else np.zeros(0, np.float32)
+        (path / "context_vocab.json").write_text(json.dumps({k: int(v) for k, v in (vocab or {}).items()}))
+        np.save(path / "context_idf.npy", idf, allow_pickle=False)
+        return ["context_profiles.npz", "context_vocab.json", "context_idf.npy"]
+
+    @classmethod
+    def load(cls, path: Path) -> "ContextModel":
+        try:
+            model = cls([])
+            model.profiles = sp.load_npz(path / "context_profiles.npz").tocsr()
+            vocab = json.loads((path / "context_vocab.json").read_text())
+            if vocab:
+                model.vectorizer.vocabulary_ = vocab
+                model.vectorizer.idf_ = np.load(path / "context_idf.npy", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"{path}: unreadable context model ({exc}): rebuild the linker") from None
+        return model
 
     def vectors(self, contexts: list[str]) -> sp.csr_matrix:
         if not hasattr(self.vectorizer, "vocabulary_"):

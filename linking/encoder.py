@@ -8,7 +8,7 @@ batch are the negatives (symmetric InfoNCE). So "kidney" learns to sit near "ren
 "micro" and "head" near "cephal", from the pairs the KB itself provides, and a name that was never
 seen still lands near its entity's other names through the pieces it shares with them.
 
-Training runs on torch (a few seconds to a minute on CPU); encoding at query time is a NumPy gather
+Training (:func:`linking.train.train_name_encoder`) runs on torch (a few seconds to a minute on CPU); encoding at query time is a NumPy gather
 and mean, thousands of names per second per core. The weights are saved as safetensors and the
 feature vocabulary as JSON (no pickle).
 """
@@ -17,16 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import time
-from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from linking.aliases import AliasTable
-from linking.rerank import STOPWORDS
+from linking.keys import STOPWORDS
 from pipelines.errors import ArtifactError
 from pipelines.normalize import variant_key
 
@@ -34,7 +30,7 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "name_encoder.safetensors"
 VOCAB_FILE = "name_encoder.json"
-SPARSE_ABOVE = 250_000  # features; see train_name_encoder
+SPARSE_ABOVE = 250_000  # features; see linking.train.train_name_encoder
 WORD_CACHE = 200_000  # words whose feature ids are remembered between calls
 
 
@@ -118,12 +114,14 @@ class NameEncoder:
         return out
 
     # -- persistence ------------------------------------------------------------------------
-    def save(self, path: Path) -> None:
+    def save(self, path: Path) -> list[str]:
+        """Weights as safetensors, vocabulary and config as JSON; returns the file names written."""
         from safetensors.numpy import save_file
 
         save_file({"weight": self.weight}, str(path / WEIGHTS_FILE))
         (path / VOCAB_FILE).write_text(json.dumps({"config": asdict(self.config), "meta": self.meta,
                                                    "features": self.features}))
+        return [WEIGHTS_FILE, VOCAB_FILE]
 
     @classmethod
     def load(cls, path: Path) -> "NameEncoder":
@@ -138,93 +136,3 @@ class NameEncoder:
             return cls(list(data["features"]), weight, EncoderConfig(**config), data.get("meta", {}))
         except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
             raise ArtifactError(f"{path}: unreadable name encoder ({exc}): rebuild the linker") from None
-
-
-def synonym_groups(table: AliasTable) -> list[list[str]]:
-    """The distinct normalised names of every entity that has two or more."""
-    names_of: dict[int, set[str]] = {}
-    for norm, ent in zip(table.alias_norm, table.entity_index.tolist()):
-        names_of.setdefault(ent, set()).add(norm)
-    return [sorted(names) for _, names in sorted(names_of.items()) if len(names) >= 2]
-
-
-def train_name_encoder(table: AliasTable, config: EncoderConfig = EncoderConfig()) -> NameEncoder:
-    """Fit the encoder on pairs of names that share an entity (see the module docstring). Raises
-    :class:`ArtifactError` when the table has fewer than ``config.min_entities`` such entities."""
-    import torch
-
-    groups = synonym_groups(table)
-    if len(groups) < config.min_entities:
-        raise ArtifactError(f"only {len(groups)} entities have two or more names: too few to train a name encoder")
-    start = time.perf_counter()
-    rng = np.random.default_rng(config.seed)
-    if len(groups) > config.max_entities:
-        # training draws at most max_steps x batch_size pairs anyway; a sample keeps the feature
-        # lists of a Wikidata-sized table out of memory
-        log.info("name encoder: training on a sample of %d of %d multi-name entities", config.max_entities, len(groups))
-        groups = [groups[i] for i in np.sort(rng.choice(len(groups), config.max_entities, replace=False))]
-    # the vocabulary: features of the training names only (a feature no training name has would
-    # keep its random start and add noise); the most frequent max_features of them
-    counts: Counter = Counter()
-    group_feats: list[list[list[str]]] = []
-    for names in groups:
-        feats = [name_features(n, config.ngrams) for n in names]
-        group_feats.append(feats)
-        for f in feats:
-            counts.update(f)
-    features = [f for f, _ in counts.most_common(config.max_features)]
-    vocab = {f: i for i, f in enumerate(features)}
-    # every name's feature ids, names of one entity adjacent: entity g owns names start[g] ... start[g] + size[g] - 1
-    name_ids = [np.array([vocab[f] for f in fs if f in vocab] or [0], np.int64) for feats in group_feats for fs in feats]
-    size = np.array([len(feats) for feats in group_feats], np.int64)
-    start_of = np.concatenate([[0], np.cumsum(size)[:-1]])
-
-    gen = torch.Generator().manual_seed(config.seed)
-    # dense gradients and Adam are 2-3x faster while the table is small; sparse ones (lazy Adam)
-    # keep a step's cost independent of the vocabulary on big KBs
-    sparse = len(features) > SPARSE_ABOVE
-    emb = torch.nn.EmbeddingBag(len(features), config.dim, mode="mean", sparse=sparse)
-    with torch.no_grad():
-        emb.weight.normal_(0.0, 0.1, generator=gen)
-    opt = (torch.optim.SparseAdam if sparse else torch.optim.Adam)(emb.parameters(), lr=config.lr)
-    batch = min(config.batch_size, len(groups))
-    per_epoch = math.ceil(len(groups) / batch)
-    steps = min(config.epochs * per_epoch, config.max_steps)
-    log.info("training the name encoder: %d entities with 2+ names, %d features, %d steps",
-             len(groups), len(features), steps)
-
-    def bag(arrays: list[np.ndarray]):
-        lengths = np.array([len(a) for a in arrays])
-        return (torch.from_numpy(np.concatenate(arrays)),
-                torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)))
-
-    order, loss_sum, step = np.empty(0, np.int64), 0.0, 0
-    labels = torch.arange(batch)
-    while step < steps:
-        if len(order) < batch:
-            order = np.concatenate([order, rng.permutation(len(groups))])
-        chosen, order = order[:batch], order[batch:]
-        # one random pair of distinct names per entity (no entity twice in a batch)
-        a = rng.integers(size[chosen])
-        b = (a + 1 + rng.integers(size[chosen] - 1)) % size[chosen]
-        left = [name_ids[i] for i in start_of[chosen] + a]
-        right = [name_ids[i] for i in start_of[chosen] + b]
-        za = torch.nn.functional.normalize(emb(*bag(left)), dim=-1)
-        zb = torch.nn.functional.normalize(emb(*bag(right)), dim=-1)
-        logits = za @ zb.T / config.temperature
-        target = labels[:len(chosen)]
-        loss = (torch.nn.functional.cross_entropy(logits, target)
-                + torch.nn.functional.cross_entropy(logits.T, target)) / 2
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        loss_sum += float(loss.detach())
-        step += 1
-        if step % per_epoch == 0 or step == steps:
-            if step // per_epoch % 10 == 0 or step == steps:
-                log.info("name encoder step %d/%d: loss %.3f", step, steps, loss_sum / per_epoch)
-            loss_sum = 0.0
-    meta = {"entities": len(groups), "features": len(features), "steps": steps,
-            "train_s": round(time.perf_counter() - start, 1)}
-    log.info("name encoder trained in %.1f s", meta["train_s"])
-    return NameEncoder(features, emb.weight.detach().numpy().copy(), config, meta)

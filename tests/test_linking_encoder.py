@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from linking.aliases import AliasTable
-from linking.encoder import VOCAB_FILE, WEIGHTS_FILE, EncoderConfig, NameEncoder, name_features, train_name_encoder
+from linking.encoder import VOCAB_FILE, WEIGHTS_FILE, EncoderConfig, NameEncoder, name_features
+from linking.train import train_name_encoder
 from pipelines.errors import ArtifactError, InputError
 from pipelines.normalize import normalize_alias
 

@@ -12,8 +12,11 @@ import pytest
 
 from linking.aliases import AliasTable
 from linking.context import ContextModel, context_words
-from linking.rerank import (FEATURES, NameIndex, RerankedGenerator, Reranker, initials, stem_translation,
-                            train_reranker, training_pairs)
+from linking.features import FEATURES
+from linking.keys import initials
+from linking.names import NameIndex, stem_translation
+from linking.reranker import RerankedGenerator, Reranker
+from linking.train import train_reranker, training_pairs
 from pipelines.errors import ArtifactError, ConfigError, InputError
 from pipelines.normalize import normalize_alias
 

@@ -9,6 +9,7 @@ built from the wrong tables or lost its aliases.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -16,12 +17,23 @@ import numpy as np
 from pipelines.artifacts import ArtifactLayout, Timer, record_stage
 
 
-def linker_alias_recall(layout: ArtifactLayout, sample: int = 500, k: int = 10, seed: int = 0) -> dict[str, Any]:
+@dataclass(frozen=True)
+class AliasRecallConfig:
+    sample: int = 500   # non-label aliases linked (a seeded sample beyond this)
+    k: int = 10         # recall@k is reported next to recall@1
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def linker_alias_recall(layout: ArtifactLayout, config: AliasRecallConfig = AliasRecallConfig()) -> dict[str, Any]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from linking.build import load_linker
 
+    sample, k, seed = config.sample, config.k, config.seed
     with Timer() as timer:
         aliases = pq.read_table(layout.require(layout.aliases, "ingest"), columns=["alias", "entity_id", "kind"])
         aliases = aliases.filter(pc.not_equal(aliases.column("kind"), "label"))
@@ -38,5 +50,5 @@ def linker_alias_recall(layout: ArtifactLayout, sample: int = 500, k: int = 10, 
     n = len(mentions)
     metrics = {"alias_recall_at_1": hits1 / n if n else None, f"alias_recall_at_{k}": hitsk / n if n else None,
                "queries": n}
-    return record_stage(layout, "eval:linker", parameters={"sample": sample, "k": k, "seed": seed},
+    return record_stage(layout, "eval:linker", parameters=config.to_dict(),
                         counts={"queries": n}, metrics=metrics, wall_time_s=timer.seconds)

@@ -1,0 +1,114 @@
+"""The linker's typed configuration, validated once at the edge.
+
+:class:`LinkerConfig` covers what the ``kg_linker`` spaCy factory takes (:meth:`LinkerConfig.component_config`
+is what ``nlp.add_pipe("kg_linker", config=...)`` receives) and the settings of the two models trained
+at build time (:class:`~linking.encoder.EncoderConfig`, :class:`RerankerConfig`). Unknown keys and
+bad values are refused with their location, spaCy-style: ``[linker -> top_k] must be > 0, got 0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import InitVar, asdict, dataclass, field, fields
+from typing import Any
+
+from kg.config import from_dict
+from linking.disambiguation import DisambiguationWeights
+from linking.encoder import EncoderConfig
+from linking.names import PoolSize
+from pipelines.errors import ConfigError
+
+FUZZY_GENERATORS = ("tfidf", "dense")
+# fields of LinkerConfig that are the spaCy component's config (the rest configure training)
+COMPONENT_FIELDS = ("top_k", "min_score", "use_ner_spans", "dense_model", "fuzzy_weights", "weights", "rerank",
+                    "name_encoder", "candidate_pool", "context_window")
+
+
+@dataclass(frozen=True)
+class RerankerConfig:
+    seed: int = 0
+    max_queries: int = 20_000        # held-out aliases trained on (a seeded sample beyond this)
+    hidden: tuple[int, ...] = (32,)  # ReLU layer widths; () = logistic regression
+
+
+@dataclass(frozen=True)
+class LinkerConfig:
+    top_k: int = 5                   # candidates kept per mention
+    min_score: float = 0.0           # a mention whose best candidate scores below this is not linked
+    use_ner_spans: bool = False      # link an earlier component's doc.ents instead of matching aliases
+    dense_model: str | None = None   # None, "auto" or a local transformer directory (extra name vectors)
+    fuzzy_weights: dict[str, float] = field(default_factory=lambda: {"tfidf": 0.5, "dense": 0.5})
+    weights: DisambiguationWeights = DisambiguationWeights()
+    rerank: bool = True              # train the candidate reranker at build time
+    name_encoder: bool = True        # train the KB name encoder the reranker's pool uses
+    candidate_pool: dict[str, int] = field(default_factory=dict)  # PoolSize overrides: char, stem, dense, enc
+    context_window: int = 25         # tokens either side of a mention for context similarity
+    encoder: EncoderConfig = EncoderConfig()
+    reranker: RerankerConfig = RerankerConfig()
+    where: InitVar[str] = "linker"   # the location errors name (not a setting)
+
+    def __post_init__(self, where: str) -> None:
+        _check(self, where, positive=("top_k",), non_negative=("context_window",))
+        unknown = set(self.fuzzy_weights) - set(FUZZY_GENERATORS)
+        if unknown:
+            raise ConfigError(f"[{where} -> fuzzy_weights] unknown key(s) {sorted(unknown)}: expected tfidf, dense")
+        PoolSize.from_config(dict(self.candidate_pool), True, f"{where} -> candidate_pool")
+        _check(self.encoder, f"{where} -> encoder", positive=("dim", "epochs", "max_steps", "batch_size", "lr",
+                                                                "temperature", "max_features", "max_entities"),
+               non_negative=("min_entities",))
+        _check(self.reranker, f"{where} -> reranker", positive=("max_queries",), non_negative=())
+        if any(not isinstance(h, int) or h <= 0 for h in self.reranker.hidden):
+            raise ConfigError(f"[{where} -> reranker -> hidden] must be positive layer widths, got "
+                              f"{list(self.reranker.hidden)}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, where: str = "linker") -> "LinkerConfig":
+        """Build from a mapping (the build config's ``linker:`` section, or a spaCy component config);
+        nested ``weights``, ``encoder`` and ``reranker`` mappings become their dataclasses."""
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"[{where}] unknown key(s) {unknown}: expected some of {sorted(known)}")
+        for key, kind in (("weights", DisambiguationWeights), ("encoder", EncoderConfig),
+                          ("reranker", RerankerConfig)):
+            if key in data and not isinstance(data[key], kind):
+                data[key] = from_dict(kind, _mapping(data[key], f"{where} -> {key}"), f"{where} -> {key}")
+        for key in ("fuzzy_weights", "candidate_pool"):
+            if key in data:
+                data[key] = dict(_mapping(data[key], f"{where} -> {key}"))
+        return cls(**data, where=where)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (tuples as lists), for cache keys and manifests."""
+        return _plain(asdict(self))
+
+    def component_config(self) -> dict[str, Any]:
+        """What ``nlp.add_pipe("kg_linker", config=...)`` takes (the training settings are not a
+        component setting: they are passed to :func:`linking.train.train_models`)."""
+        return {key: _plain(getattr(self, key) if key != "weights" else asdict(self.weights))
+                for key in COMPONENT_FIELDS}
+
+
+def _mapping(value: Any, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{where}] must be a mapping, got {value!r}")
+    return value
+
+
+def _check(obj: Any, where: str, *, positive: tuple[str, ...], non_negative: tuple[str, ...]) -> None:
+    for name in positive:
+        value = getattr(obj, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"[{where} -> {name}] must be > 0, got {value!r}")
+    for name in non_negative:
+        value = getattr(obj, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"[{where} -> {name}] must be >= 0, got {value!r}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
