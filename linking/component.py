@@ -82,14 +82,16 @@ class KGLinker:
     # -- the knowledge base and its models ------------------------------------------------------------
     def initialize_kb(self, table: AliasTable, entity_ids: list[str], entity_types: list[str],
                       priors: np.ndarray, vectors: np.ndarray | None = None,
-                      descriptions: list[str | None] | None = None) -> None:
+                      descriptions: list[str | None] | None = None, *, training: LinkerConfig | None = None) -> None:
         """``entity_ids[i]``/``entity_types[i]``/``priors[i]``/``descriptions[i]`` describe KG index
         ``i + 1``. With ``rerank`` on, the name encoder and the candidate reranker are trained here
-        (:func:`linking.train.train_models`, with this component's config)."""
+        (:func:`linking.train.train_models`), with the ``encoder`` and ``reranker`` settings of
+        ``training`` (default: the defaults; what to train is this component's config)."""
         from linking.train import train_models
 
         self.set_kb(KnowledgeBase.create(table, entity_ids, entity_types, priors, vectors, descriptions))
-        models = train_models(table, self.kb.prior, self.config, self.retrieval.name_vectors_fn())
+        config = replace(self.config, encoder=training.encoder, reranker=training.reranker) if training else self.config
+        models = train_models(table, self.kb.prior, config, self.retrieval.name_vectors_fn())
         self.set_models(models.encoder, models.reranker)
 
     def set_kb(self, kb: KnowledgeBase) -> None:
