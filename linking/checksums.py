@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from pipelines.artifacts import file_sha256
 from pipelines.errors import ArtifactError
 
 CHECKSUMS_FILE = "checksums.json"
 
 
-def sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _digests(path: Path, names: list[str]) -> dict[str, str]:
     # hashlib releases the GIL on large blocks: the big files hash in parallel
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        return dict(zip(names, pool.map(lambda n: sha256(path / n), names)))
+        return dict(zip(names, pool.map(lambda n: file_sha256(path / n), names)))
 
 
 def write_checksums(path: Path, names: list[str]) -> None:

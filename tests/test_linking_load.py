@@ -113,7 +113,7 @@ def test_linking_load_saves_no_pickle(tmp_path):
 def test_linking_load_refuses_a_changed_file_naming_both_digests(tmp_path):
     import spacy
 
-    from linking.checksums import sha256
+    from pipelines.artifacts import file_sha256
 
     path, _, _ = _saved(tmp_path)
     saved = path / "kg_linker"
@@ -124,7 +124,7 @@ def test_linking_load_refuses_a_changed_file_naming_both_digests(tmp_path):
     with pytest.raises(ArtifactError) as err:
         spacy.load(path)
     message = str(err.value)
-    assert str(target) in message and recorded["names_enc.npy"] in message and sha256(target) in message
+    assert str(target) in message and recorded["names_enc.npy"] in message and file_sha256(target) in message
     assert "rebuild the linker" in message
     (saved / "names_enc.npy").unlink()
     with pytest.raises(ArtifactError, match=r"names_enc.npy: missing .*rebuild the linker"):
