@@ -107,7 +107,7 @@ def build_hpo(out: Path) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         layout = ArtifactLayout(Path(tmp), "hpo")
-        ingest(hpo_sources(), "hpo", layout)
+        ingest(hpo_sources(), None, layout)
         start = time.perf_counter()
         entry = build_linker(layout, None)
         seconds = time.perf_counter() - start

@@ -7,7 +7,7 @@
   approximate neighbours re-scored by their exact cosine.
 - :class:`DenseNameGenerator`: sentence embeddings of names (e.g. all-MiniLM-L6-v2), served by FAISS.
 - :class:`HybridGenerator`: exact hits first, then the fuzzy generators' candidates, score-fused.
-- :class:`linking.rerank.RerankedGenerator`: exact hits first, then a pooled set of names ranked by
+- :class:`linking.reranker.RerankedGenerator`: exact hits first, then a pooled set of names ranked by
   a reranker trained on the knowledge base's own synonyms (the linker's default when it has one).
 """
 
