@@ -47,7 +47,6 @@ def _header(path: Path) -> tuple[list[str], int]:
 @dataclass(frozen=True)
 class AnnotationOptions:
     max_rows: int | None = None  # read at most this many rows per file
-    sliced: bool = False         # the ontology was cut to a root_term: other terms are skipped, not dropped
     strict: bool = False         # an annotation that would be dropped is an error naming its line
 
 
@@ -80,7 +79,7 @@ def _read(path, builder, header_line, handle_row, columns, options: AnnotationOp
             if not rec["hpo_id"].startswith("HP:"):
                 raise DumpParseError(path, lineno, f"hpo_id: expected an HP:nnnnnnn id, got {rec['hpo_id']!r}")
             if hpo is None:
-                if has_ontology and options.sliced:
+                if rec["hpo_id"] in builder.sliced_out:
                     counts["skipped_term_outside_root_term"] += 1
                     continue
                 if has_ontology:

@@ -171,9 +171,9 @@ def _read_with_builder(pairs: list[tuple[Path, str]], layout: ArtifactLayout,
     umls_files = [p for p, f in pairs if f == "umls"]
     triples_options = triples.TriplesOptions.from_mapping(options.triple_columns, header=options.header,
                                                           undirected=options.undirected)
-    annotations = hpoa.AnnotationOptions(max_rows=options.max_annotation_rows, sliced=options.root_term is not None,
-                                         strict=options.strict)
+    annotations = hpoa.AnnotationOptions(max_rows=options.max_annotation_rows, strict=options.strict)
     per_file: dict[str, Any] = {}
+    seen_pairs: set[tuple[str, str, str]] = set()  # undirected triples: one set across the KG's files
     try:
         for path, f in pairs:
             try:
@@ -185,7 +185,7 @@ def _read_with_builder(pairs: list[tuple[Path, str]], layout: ArtifactLayout,
                     per_file[str(path)] = wikidata.read_wikidata(
                         path, builder, options.wikidata(), quarantine=layout.base / "quarantine" / f"{path.name}.tsv")
                 elif f == "triples":
-                    per_file[str(path)] = triples.read_triples(path, builder, triples_options)
+                    per_file[str(path)] = triples.read_triples(path, builder, triples_options, seen_pairs)
                 elif f == "umls" and path == umls_files[0]:
                     per_file["umls"] = umls.read_umls(umls_files, builder, languages=umls.umls_languages(options.languages),
                                                       strict=options.strict)

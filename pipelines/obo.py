@@ -205,6 +205,8 @@ def read_obo(path: Path, builder: KGBuilder, *, root_term: str | None = None, so
             raise DumpParseError(path, None, f"root term {root_term!r} is not a live term of this ontology")
         keep = descendants(live, root_term)
         live = {tid: t for tid, t in live.items() if tid in keep}
+        builder.sliced_out.update(unsliced - keep)
+        builder.sliced_out.update(alt for tid in unsliced - keep for alt in all_terms[tid].alt_ids)
     counts: Counter = Counter()
     view = _Slice(Path(path), all_terms, live, unsliced, strict)
     branches = _branches(live)

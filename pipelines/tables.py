@@ -64,6 +64,7 @@ class KGBuilder:
     xrefs: set[tuple[str, str]] = field(default_factory=set)
     relations: dict[str, str] = field(default_factory=dict)
     redirects: dict[str, str] = field(default_factory=dict)
+    sliced_out: set[str] = field(default_factory=set)  # live ids a root_term slice left out on request
     dropped: Counter = field(default_factory=Counter)
     merged: Counter = field(default_factory=Counter)
     examples: dict[str, str] = field(default_factory=dict)

@@ -124,10 +124,14 @@ def _dialect(path: Path, options: TriplesOptions) -> dict:
     return {"delimiter": delimiter, "quoting": csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL}
 
 
-def read_triples(path: Path, builder: KGBuilder, options: TriplesOptions = TriplesOptions()) -> dict[str, int]:
-    """Add the rows of one triples file to ``builder``; return counts (rows, skipped by reason)."""
+def read_triples(path: Path, builder: KGBuilder, options: TriplesOptions = TriplesOptions(),
+                 seen_pairs: set[tuple[str, str, str]] | None = None) -> dict[str, int]:
+    """Add the rows of one triples file to ``builder``; return counts (rows, skipped by reason).
+
+    With ``undirected``, ``seen_pairs`` (shared by the files of one KG, e.g. train/valid/test)
+    holds the triples kept so far, so a reversed pair is skipped across files too."""
     counts: Counter = Counter()
-    seen_pairs: set[tuple[str, str, str]] = set()  # only with undirected
+    seen_pairs = set() if seen_pairs is None else seen_pairs
     with open_text(path) as fh:
         reader = csv.reader(fh, **_dialect(path, options))
         try:
