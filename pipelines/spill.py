@@ -16,8 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-RUN_ROWS = 200_000   # rows held in memory before a run is sorted and written
-READ_ROWS = 8_192    # rows per run held in memory while merging
+RUN_ROWS = 200_000    # rows held in memory before a run is sorted and written
+MERGE_ROWS = 200_000  # rows held in memory by a merge, over all runs together
+GROUP_ROWS = 4_096    # Parquet row group of a run: the unit a merge decodes at a time
 
 
 class SortedRuns:
@@ -51,7 +52,7 @@ class SortedRuns:
         table = pa.table([pa.array(c, f.type) for c, f in zip(columns, self.schema)], schema=self.schema)
         table = table.sort_by(self.sort_keys)  # byte order of UTF-8 = code point order = Python's str order
         path = self.directory / f"run-{len(self.paths):06d}.parquet"
-        pq.write_table(table, path, compression="lz4")  # scratch: fast, never published
+        pq.write_table(table, path, compression="lz4", row_group_size=GROUP_ROWS)  # scratch, never published
         self.paths.append(path)
         self.rows += len(self.buffer)
         self.buffer = []
@@ -64,7 +65,8 @@ class SortedRuns:
         self.flush()
         if len(self.paths) == 1:
             return read_rows(self.paths[0])
-        return heapq.merge(*(read_rows(p) for p in self.paths), key=self.key)
+        batch_rows = max(256, MERGE_ROWS // len(self.paths))
+        return heapq.merge(*(read_rows(p, batch_rows) for p in self.paths), key=self.key)
 
     def contains_any(self, column: str, values: Collection[str]) -> bool:
         """Whether any row added so far has one of ``values`` in ``column`` (vectorised, run by run)."""
@@ -80,7 +82,7 @@ class SortedRuns:
         self.paths = []
 
 
-def read_rows(path: Path, batch_rows: int = READ_ROWS) -> Iterator[tuple]:
+def read_rows(path: Path, batch_rows: int = GROUP_ROWS) -> Iterator[tuple]:
     for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
         yield from zip(*(col.to_pylist() for col in batch.columns))
 

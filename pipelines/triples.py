@@ -8,6 +8,7 @@ each pair (PrimeKG lists both directions of its symmetric edges) and counts the 
 from __future__ import annotations
 
 import csv
+import itertools
 import logging
 import sys
 from collections import Counter
@@ -139,8 +140,9 @@ def read_triples(path: Path, builder: KGBuilder, options: TriplesOptions = Tripl
             if first is None:
                 raise DumpParseError(path, None, "empty file: expected triples (head, relation, tail per line)")
             cols, header = column_indices(path, first, options)
-            rows = reader if header else _chain(first, reader)
+            rows = reader if header else itertools.chain([first], reader)
             width = max(cols.values()) + 1
+            add = _adder(builder, cols, path.stem)
             for row in rows:
                 if not row:
                     continue
@@ -156,7 +158,7 @@ def read_triples(path: Path, builder: KGBuilder, options: TriplesOptions = Tripl
                         counts["skipped_reverse_duplicate"] += 1
                         continue
                     seen_pairs.add((h, r, t))
-                _add_row(builder, row, cols, (h, r, t), path.stem)
+                add(row, h, r, t)
                 counts["rows"] += 1
         except csv.Error as exc:
             raise DumpParseError(path, reader.line_num, f"unreadable row ({exc})") from None
@@ -164,20 +166,26 @@ def read_triples(path: Path, builder: KGBuilder, options: TriplesOptions = Tripl
     return dict(counts)
 
 
-def _chain(first, rest):
-    yield first
-    yield from rest
-
-
 def _name(options: TriplesOptions, path: Path) -> str:
     return "tab" if _dialect(path, options)["delimiter"] == "\t" else repr(_dialect(path, options)["delimiter"])
 
 
-def _add_row(builder: KGBuilder, row: list[str], cols: dict[str, int], triple: tuple[str, str, str], source: str) -> None:
-    h, r, t = triple
-    for eid, type_role, name_role in ((h, "head_type", "head_name"), (t, "tail_type", "tail_name")):
-        label = row[cols[name_role]] if name_role in cols and cols[name_role] < len(row) else None
-        etype = row[cols[type_role]] if type_role in cols and cols[type_role] < len(row) else None
-        builder.add_bare_entity(eid, label or None, etype or None, source)
-    builder.add_relation(r, r.replace("_", " "))
-    builder.add_triple(h, r, t, source, known=True)
+def _adder(builder: KGBuilder, cols: dict[str, int], source: str):
+    """The per-row call, specialised once per file (this loop runs once per line of large files)."""
+    add_entity, add_relation, add_triple = builder.add_bare_entity, builder.add_relation, builder.add_triple
+    extras = [cols.get(role) for role in ("head_name", "head_type", "tail_name", "tail_type")]
+
+    def plain(row: list[str], h: str, r: str, t: str) -> None:
+        add_entity(h, None, None, source)
+        add_entity(t, None, None, source)
+        add_relation(r, r.replace("_", " "))
+        add_triple(h, r, t, source, known=True)
+
+    def described(row: list[str], h: str, r: str, t: str) -> None:
+        hn, ht, tn, tt = (row[i] or None if i is not None and i < len(row) else None for i in extras)
+        add_entity(h, hn, ht, source)
+        add_entity(t, tn, tt, source)
+        add_relation(r, r.replace("_", " "))
+        add_triple(h, r, t, source, known=True)
+
+    return described if any(i is not None for i in extras) else plain
