@@ -55,10 +55,15 @@ def cmd_ingest(args) -> dict:
         columns[role] = column
     options = IngestOptions(root_term=args.root_term, max_annotation_rows=args.max_annotation_rows,
                             languages=args.languages, strict=args.strict, triple_columns=columns,
+                            header=False if args.no_header else None, undirected=args.undirected,
                             properties=args.properties, exclude_properties=args.exclude_properties or (),
                             classes=args.classes, literals=args.literals, qualifiers=args.qualifiers,
                             workers=args.workers, chunk_mb=args.chunk_mb, force=args.force)
-    return ingest(sources, args.format, _layout(args), options)
+    entry = ingest(sources, args.format, _layout(args), options)
+    from flows.report import print_summary
+
+    print_summary({"ingest": entry}, stderr=True)  # stdout stays the JSON scripts read
+    return entry
 
 
 def cmd_embed(args) -> dict:
@@ -186,8 +191,13 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--root-term", help="OBO: keep only this term and its descendants")
     sp.add_argument("--max-annotation-rows", type=int, help="HPO annotations: read at most N rows per file")
     sp.add_argument("--languages", default="en", help="comma-separated label languages (default en)")
-    sp.add_argument("--strict", action="store_true", help="stop at the first malformed line")
-    sp.add_argument("--column", action="append", help="triples column mapping, e.g. head=x_id (repeatable)")
+    sp.add_argument("--strict", action="store_true", help="stop at the first malformed line or dropped row")
+    tr = sp.add_argument_group("triples files")
+    tr.add_argument("--column", action="append",
+                    help="column of a role, by header name or 1-based position: head=x_id, tail=3 (repeatable)")
+    tr.add_argument("--no-header", action="store_true", help="the first row is a triple (default: detect)")
+    tr.add_argument("--undirected", action="store_true",
+                    help="keep one direction of each (A r B, B r A) pair, as PrimeKG needs (default: directed)")
     wd = sp.add_argument_group("Wikidata dumps")
     wd.add_argument("--properties", help="keep only claims of these properties (comma-separated, e.g. P31,P279,P361)")
     wd.add_argument("--exclude-properties", help="drop claims of these properties (comma-separated)")

@@ -14,7 +14,10 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str
     for stage, entry in results.items():
         counts = entry.get("counts", {})
         metrics = entry.get("metrics", {})
-        shown = ", ".join(f"{k}={v}" for k, v in counts.items() if isinstance(v, int))
+        shown = ", ".join(f"{k}={v}" for k, v in counts.items() if isinstance(v, int) and not _not_kept(k))
+        lost = [f"{k}={v}" for k, v in counts.items() if isinstance(v, int) and _not_kept(k) and v]
+        if lost:  # every row a reader dropped or skipped, by reason, not only in the JSON
+            shown += "\n" + ", ".join(lost)
         m = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()
                       if k in ("mrr", "hits_at_10", "alias_recall_at_1", "alias_recall_at_10") and v is not None)
         if stage == "train":
@@ -23,6 +26,11 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str
         seconds = f"{wall:.1f}" if wall is not None else "-"
         rows.append((stage, shown, m, f"cached ({seconds})" if entry.get("cached") else seconds))
     return rows
+
+
+def _not_kept(key: str) -> bool:
+    """Rows a reader dropped or skipped, or merged into an identical one."""
+    return key.startswith(("dropped_", "skipped_", "merged_"))
 
 
 def artifact_key(name: str, what: str) -> str:
@@ -50,7 +58,7 @@ def report_markdown(cfg: BuildConfig, results: dict[str, dict[str, Any]]) -> str
     lines = [f"# kalora build `{cfg.name}`", "", "| stage | status | counts | metrics | seconds |", "|---|---|---|---|---|"]
     for (stage, counts, metrics, seconds), entry in zip(summary_rows(results), results.values()):
         status = "cached" if entry.get("cached") else "ran"
-        lines.append(f"| {stage} | {status} | {counts} | {metrics} | {seconds} |")
+        lines.append(f"| {stage} | {status} | {counts.replace(chr(10), '<br>')} | {metrics} | {seconds} |")
     lines += ["", "## Artifacts", ""]
     for stage, entry in results.items():
         for key, value in entry.get("outputs", {}).items():
@@ -83,18 +91,24 @@ def publish_artifacts(cfg: BuildConfig, results: dict[str, dict[str, Any]]) -> l
     return keys
 
 
-def print_report(cfg: BuildConfig, results: dict[str, dict[str, Any]]) -> None:
+def print_summary(results: dict[str, dict[str, Any]], title: str | None = None, stderr: bool = False):
+    """The summary table (one row per stage: counts, then dropped/skipped rows by reason)."""
     from rich.console import Console
     from rich.table import Table
 
-    layout = ArtifactLayout(cfg.root, cfg.name)
-    console = Console()
-    table = Table(title=f"kalora build '{cfg.name}'")
+    console = Console(stderr=stderr)
+    table = Table(title=title)
     for col in ("stage", "counts", "metrics", "seconds"):
         table.add_column(col)
     for row in summary_rows(results):
         table.add_row(*row)
     console.print(table)
+    return console
+
+
+def print_report(cfg: BuildConfig, results: dict[str, dict[str, Any]]) -> None:
+    layout = ArtifactLayout(cfg.root, cfg.name)
+    console = print_summary(results, title=f"kalora build '{cfg.name}'")
     console.print("[bold]artifacts[/bold]")
     for stage, entry in results.items():
         for key, value in entry.get("outputs", {}).items():

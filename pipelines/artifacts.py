@@ -304,3 +304,18 @@ class Timer:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self._start
+
+
+# -- durability (stand-in: engineer B1 is adding the project's fsync helpers here; keep theirs) --
+def fsync_tree(path: Path) -> None:
+    """Flush every file under ``path`` (and the directories themselves) to disk, so that the rename
+    that publishes ``path`` can never expose data still only in the page cache."""
+    for dirpath, _, filenames in os.walk(path, topdown=False):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as fh:
+                os.fsync(fh.fileno())
+        fd = os.open(dirpath, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -2,8 +2,9 @@
 
 Diseases and genes become entities of their own types; annotations become triples. A ``NOT``
 qualifier becomes the relation ``lacks_phenotype`` rather than being dropped or inverted. An
-annotation whose HPO term is not in the ontology read before it (e.g. outside a ``root_term``
-slice) is skipped and counted, so slices stay self-consistent.
+annotation whose HPO term is not in the ontology read before it is dropped and counted (an error
+with ``strict``); one outside a ``root_term`` slice is skipped and counted, so slices stay
+self-consistent.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import csv
 import logging
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.errors import DumpParseError
 from pipelines.readers import open_text
-from pipelines.tables import Entity, KGBuilder
+from pipelines.tables import Entity, KGBuilder, drop_row
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +44,19 @@ def _header(path: Path) -> tuple[list[str], int]:
     raise DumpParseError(path, None, "empty file: expected a tab-separated header")
 
 
-def read_annotations(path: Path, builder: KGBuilder, *, max_rows: int | None = None) -> dict[str, int]:
+@dataclass(frozen=True)
+class AnnotationOptions:
+    max_rows: int | None = None  # read at most this many rows per file
+    strict: bool = False         # an annotation that would be dropped is an error naming its line
+
+
+def read_annotations(path: Path, builder: KGBuilder, options: AnnotationOptions = AnnotationOptions()) -> dict[str, int]:
     """Read ``phenotype.hpoa`` or ``genes_to_phenotype.txt`` (detected from the header)."""
     header, header_line = _header(path)
     if header[: len(HPOA_COLUMNS) - 1] == HPOA_COLUMNS[:-1]:
-        return _read(path, builder, header_line, _hpoa_row, HPOA_COLUMNS, max_rows)
+        return _read(path, builder, header_line, _hpoa_row, HPOA_COLUMNS, options)
     if header[:5] == G2P_COLUMNS[:5]:
-        return _read(path, builder, header_line, _g2p_row, G2P_COLUMNS, max_rows)
+        return _read(path, builder, header_line, _g2p_row, G2P_COLUMNS, options)
     raise DumpParseError(
         path, header_line,
         f"unknown annotation header {header[:4]}: expected phenotype.hpoa ({', '.join(HPOA_COLUMNS[:4])}, ...) "
@@ -56,7 +64,7 @@ def read_annotations(path: Path, builder: KGBuilder, *, max_rows: int | None = N
     )
 
 
-def _read(path, builder, header_line, handle_row, columns, max_rows) -> dict[str, int]:
+def _read(path, builder, header_line, handle_row, columns, options: AnnotationOptions) -> dict[str, int]:
     counts: Counter = Counter()
     has_ontology = bool(builder.entities)
     with open_text(path) as fh:
@@ -71,13 +79,17 @@ def _read(path, builder, header_line, handle_row, columns, max_rows) -> dict[str
             if not rec["hpo_id"].startswith("HP:"):
                 raise DumpParseError(path, lineno, f"hpo_id: expected an HP:nnnnnnn id, got {rec['hpo_id']!r}")
             if hpo is None:
+                if rec["hpo_id"] in builder.sliced_out:
+                    counts["skipped_term_outside_root_term"] += 1
+                    continue
                 if has_ontology:
-                    counts["skipped_term_not_in_ontology"] += 1
+                    drop_row(counts, "annotation_term_not_in_ontology", path, lineno,
+                             f"{rec['hpo_id']} is not a live term of the ontology read before", options.strict)
                     continue
                 hpo = rec["hpo_id"]
             handle_row(rec, hpo, builder, counts)
             counts["rows"] += 1
-            if max_rows is not None and counts["rows"] >= max_rows:
+            if options.max_rows is not None and counts["rows"] >= options.max_rows:
                 break
     log.info("%s: %s", path, dict(counts))
     return dict(counts)

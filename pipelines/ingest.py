@@ -27,8 +27,13 @@ class IngestOptions:
     root_term: str | None = None          # OBO: keep only this term and its descendants
     max_annotation_rows: int | None = None  # HPO annotations: read at most this many rows per file
     languages: tuple[str, ...] = ("en",)
-    strict: bool = False
-    triple_columns: dict[str, str] = field(default_factory=dict)
+    strict: bool = False                  # any dropped row is an error naming its file and line
+    # triples files: column role → header name or 1-based position (head, relation, tail,
+    # head_type, tail_type, head_name, tail_name); header None: detect; undirected: keep one
+    # direction of each (A r B, B r A) pair, as PrimeKG needs
+    triple_columns: dict[str, str | int] = field(default_factory=dict)
+    header: bool | None = None
+    undirected: bool = False
     # Wikidata: claim filters, the class filter and the optional tables
     properties: tuple[str, ...] | None = None   # keep only claims of these properties
     exclude_properties: tuple[str, ...] = ()    # drop claims of these properties
@@ -116,6 +121,9 @@ def _sniff(path: Path) -> str | None:
         return "wikidata"
     if any("hpo_id" in h for h in head):
         return "hpoa"
+    rows = [h.rstrip("\n").split("\t") for h in head if h.strip()]
+    if rows and len({len(r) for r in rows}) == 1 and len(rows[0]) >= 3:
+        return "triples"  # headerless head<TAB>relation<TAB>tail, as PyKEEN's train.txt
     return None
 
 
@@ -151,16 +159,54 @@ def _previous_if_unchanged(layout: ArtifactLayout, pairs: list[tuple[Path, str]]
     return prev
 
 
-def _triples_options(columns: dict[str, str]):
-    from dataclasses import fields
+def _read_with_builder(pairs: list[tuple[Path, str]], layout: ArtifactLayout,
+                       options: IngestOptions) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every non-streaming reader into one KGBuilder; returns (table counts, per-file counts)."""
+    from pipelines import hpoa, obo, triples, umls, wikidata
 
-    from pipelines.triples import TriplesOptions
+    if (options.literals or options.qualifiers) and any(f == "wikidata" for _, f in pairs):
+        raise InputError("literals/qualifiers are written only when Wikidata dumps are ingested on their own "
+                         "(not mixed with other formats): ingest them into a separate --name")
+    builder = KGBuilder(work_dir=layout.base / ".work" / "build", strict=options.strict)
+    umls_files = [p for p, f in pairs if f == "umls"]
+    triples_options = triples.TriplesOptions.from_mapping(options.triple_columns, header=options.header,
+                                                          undirected=options.undirected)
+    annotations = hpoa.AnnotationOptions(max_rows=options.max_annotation_rows, strict=options.strict)
+    per_file: dict[str, Any] = {}
+    seen_pairs: set[tuple[str, str, str]] = set()  # undirected triples: one set across the KG's files
+    try:
+        for path, f in pairs:
+            try:
+                if f == "obo":
+                    per_file[str(path)] = obo.read_obo(path, builder, root_term=options.root_term, strict=options.strict)
+                elif f == "hpoa":
+                    per_file[str(path)] = hpoa.read_annotations(path, builder, annotations)
+                elif f == "wikidata":
+                    per_file[str(path)] = wikidata.read_wikidata(
+                        path, builder, options.wikidata(), quarantine=layout.base / "quarantine" / f"{path.name}.tsv")
+                elif f == "triples":
+                    per_file[str(path)] = triples.read_triples(path, builder, triples_options, seen_pairs)
+                elif f == "umls" and path == umls_files[0]:
+                    per_file["umls"] = umls.read_umls(umls_files, builder, languages=umls.umls_languages(options.languages),
+                                                      strict=options.strict)
+            except UnicodeDecodeError as exc:
+                raise DumpParseError(path, None, f"not UTF-8 text (byte offset {exc.start} of a block): is the --format right?") from None
+            except EOFError as exc:
+                raise DumpParseError(path, None, f"compressed file is truncated ({exc})") from None
+    except BaseException:
+        builder.close()
+        raise
+    return builder.write(layout.kg), per_file
 
-    known = {f.name for f in fields(TriplesOptions)}
-    unknown = sorted(set(columns) - known)
-    if unknown:
-        raise InputError(f"triple column mapping: unknown role(s) {unknown}; expected some of {sorted(known)}")
-    return TriplesOptions(**columns)
+
+def roll_up(counts: dict[str, Any], per_file: dict[str, Any]) -> dict[str, Any]:
+    """The stage counts with every reader's ``dropped_*``/``skipped_*`` counts summed in, by reason."""
+    out = dict(counts)
+    for file_counts in per_file.values():
+        for key, value in file_counts.items():
+            if key.startswith(("dropped_", "skipped_")) and isinstance(value, int):
+                out[key] = out.get(key, 0) + value
+    return out
 
 
 def _auto_workers(pairs: list[tuple[Path, str]], chunk_bytes: int) -> int:
@@ -173,12 +219,12 @@ def ingest(sources: list[str | Path], fmt: str | None, layout: ArtifactLayout,
     """Parse ``sources`` into the canonical tables under ``layout.kg``; return the manifest entry.
 
     Wikidata dumps on their own take the parallel, bounded-memory, resumable path
-    (:mod:`pipelines.wikidata_stream`); everything else is collected in memory by a KGBuilder.
+    (:mod:`pipelines.wikidata_stream`); everything else goes through a KGBuilder, which keeps
+    triples on disk in sorted runs. Every reader's dropped and skipped rows are summed by reason
+    into the stage counts (and so into the manifest and the summary table).
     An unchanged ingest (same input content hashes and options, ``kg/`` present) is skipped unless
     ``options.force``.
     """
-    from pipelines import hpoa, obo, triples, umls, wikidata
-
     pairs = resolve_formats([Path(s) for s in sources], fmt)
     params = {"formats": [f for _, f in pairs], **options.cache_key()}
     if not options.force and (prev := _previous_if_unchanged(layout, pairs, params)) is not None:
@@ -191,7 +237,6 @@ def ingest(sources: list[str | Path], fmt: str | None, layout: ArtifactLayout,
     hashes: dict[str, str] = {}
     hasher = threading.Thread(target=lambda: hashes.update({str(p): input_digest(p) for p, _ in pairs}), daemon=True)
     hasher.start()
-    per_file: dict[str, Any] = {}
     with Timer() as timer:
         if all(f == "wikidata" for _, f in pairs):
             from pipelines.wikidata_stream import StreamSettings, ingest_wikidata
@@ -203,29 +248,8 @@ def ingest(sources: list[str | Path], fmt: str | None, layout: ArtifactLayout,
                                      quarantine_dir=layout.base / "quarantine", work_dir=layout.base / ".work" / "ingest")
             per_file = counts.pop("per_file")
         else:
-            if (options.literals or options.qualifiers) and any(f == "wikidata" for _, f in pairs):
-                raise InputError("literals/qualifiers are written only when Wikidata dumps are ingested on their own "
-                                 "(not mixed with other formats): ingest them into a separate --name")
-            builder = KGBuilder()
-            umls_files = [p for p, f in pairs if f == "umls"]
-            for path, f in pairs:
-                try:
-                    if f == "obo":
-                        per_file[str(path)] = obo.read_obo(path, builder, root_term=options.root_term)
-                    elif f == "hpoa":
-                        per_file[str(path)] = hpoa.read_annotations(path, builder, max_rows=options.max_annotation_rows)
-                    elif f == "wikidata":
-                        per_file[str(path)] = wikidata.read_wikidata(
-                            path, builder, options.wikidata(), quarantine=layout.base / "quarantine" / f"{path.name}.tsv")
-                    elif f == "triples":
-                        per_file[str(path)] = triples.read_triples(path, builder, _triples_options(options.triple_columns))
-                    elif f == "umls" and path == umls_files[0]:
-                        per_file["umls"] = umls.read_umls(umls_files, builder, languages=umls.umls_languages(options.languages))
-                except UnicodeDecodeError as exc:
-                    raise DumpParseError(path, None, f"not UTF-8 text (byte offset {exc.start} of a block): is the --format right?") from None
-                except EOFError as exc:
-                    raise DumpParseError(path, None, f"compressed file is truncated ({exc})") from None
-            counts = builder.write(layout.kg)
+            counts, per_file = _read_with_builder(pairs, layout, options)
+        counts = roll_up(counts, per_file)
         hasher.join()
     entry = record_stage(layout, "ingest", inputs=hashes, parameters=params, outputs={"kg": str(layout.kg)},
                          counts={**counts, "per_file": per_file}, wall_time_s=timer.seconds)

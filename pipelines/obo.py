@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.errors import DumpParseError
 from pipelines.readers import open_text
-from pipelines.tables import Entity, KGBuilder
+from pipelines.tables import Entity, KGBuilder, drop_row
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ class OboTerm:
     synonyms: list[tuple[str, str, str | None]] = field(default_factory=list)  # (text, scope, type)
     xrefs: list[str] = field(default_factory=list)
     is_a: list[str] = field(default_factory=list)
-    relationships: list[tuple[str, str]] = field(default_factory=list)
+    is_a_lines: list[int] = field(default_factory=list)
+    relationships: list[tuple[str, str, int]] = field(default_factory=list)  # (type, target, line)
     alt_ids: list[str] = field(default_factory=list)
     replaced_by: list[str] = field(default_factory=list)
     obsolete: bool = False
@@ -109,11 +111,12 @@ def _apply(term: OboTerm, tag: str, value: str, path: Path, lineno: int) -> None
         term.xrefs.append(_strip_comment(value).split(" ", 1)[0])
     elif tag == "is_a":
         term.is_a.append(_strip_comment(value).split(" ", 1)[0])
+        term.is_a_lines.append(lineno)
     elif tag == "relationship":
         parts = _strip_comment(value).split()
         if len(parts) < 2:
             raise DumpParseError(path, lineno, f"expected relationship: TYPE TARGET, got {value[:80]!r}")
-        term.relationships.append((parts[0], parts[1]))
+        term.relationships.append((parts[0], parts[1], lineno))
     elif tag == "alt_id":
         term.alt_ids.append(_strip_comment(value))
     elif tag == "replaced_by":
@@ -161,16 +164,51 @@ def descendants(terms: dict[str, OboTerm], root: str) -> set[str]:
     return out
 
 
-def read_obo(path: Path, builder: KGBuilder, *, root_term: str | None = None, source: str | None = None) -> dict[str, int]:
-    """Add the terms of one OBO file to ``builder``. ``root_term`` keeps only its descendants."""
+@dataclass
+class _Slice:
+    """What one read keeps: the live terms (after ``root_term``) and why an edge target is absent."""
+
+    path: Path
+    all_terms: dict[str, OboTerm]
+    live: dict[str, OboTerm]
+    unsliced: set[str]
+    strict: bool
+
+    def edge_target_kept(self, target: str, line: int, what: str, counts: Counter) -> bool:
+        if target in self.live:
+            return True
+        if target in self.unsliced:  # a live term outside the requested root_term slice: asked for
+            counts["skipped_edge_outside_root_term"] += 1
+        elif target in self.all_terms:
+            drop_row(counts, "edge_to_obsolete_term", self.path, line, f"{what} {target}: the target is obsolete",
+                     self.strict)
+        else:
+            drop_row(counts, "edge_to_unknown_term", self.path, line, f"{what} {target}: no such term in this file",
+                     self.strict)
+        return False
+
+
+def read_obo(path: Path, builder: KGBuilder, *, root_term: str | None = None, source: str | None = None,
+             strict: bool = False) -> dict[str, int]:
+    """Add the terms of one OBO file to ``builder``. ``root_term`` keeps only its descendants.
+
+    An ``is_a`` or ``relationship`` to an obsolete or unknown id is counted as dropped (with
+    ``strict``: an error naming the line); one to a live term outside the slice is counted as skipped."""
     source = source or Path(path).name.split(".")[0]
     all_terms = {t.id: t for t in iter_terms(Path(path))}
+    if not all_terms:
+        raise DumpParseError(path, None, "no [Term] stanza with an 'id:' found: is this an OBO file?")
     live = {tid: t for tid, t in all_terms.items() if not t.obsolete}
+    unsliced = set(live)
     if root_term is not None:
         if root_term not in live:
             raise DumpParseError(path, None, f"root term {root_term!r} is not a live term of this ontology")
         keep = descendants(live, root_term)
         live = {tid: t for tid, t in live.items() if tid in keep}
+        builder.sliced_out.update(unsliced - keep)
+        builder.sliced_out.update(alt for tid in unsliced - keep for alt in all_terms[tid].alt_ids)
+    counts: Counter = Counter()
+    view = _Slice(Path(path), all_terms, live, unsliced, strict)
     branches = _branches(live)
     builder.add_relation("is_a", "is a")
     for term in live.values():
@@ -178,28 +216,40 @@ def read_obo(path: Path, builder: KGBuilder, *, root_term: str | None = None, so
             raise DumpParseError(path, term.line, f"term {term.id} has no 'name:'")
         types = ["ontology_term"] + [f"branch:{live[b].name}" for b in sorted(branches[term.id])]
         builder.add_entity(Entity(term.id, term.name, term.definition, types, source))
-        builder.add_alias(term.name, term.id, "label")
-        for text, scope, syn_type in term.synonyms:
-            if syn_type == "obsolete_synonym":
-                kind = "obsolete_synonym"
-            elif syn_type in ABBREVIATION_TYPES:
-                kind = "abbreviation"
-            elif syn_type:
-                kind = syn_type
-            else:
-                kind = f"synonym_{scope.lower()}"
-            builder.add_alias(text, term.id, kind, scope=scope)
-        for xref in term.xrefs:
-            builder.add_xref(term.id, xref)
-        for parent in term.is_a:
-            if parent in live:
+        _add_names(builder, term)
+        for parent, line in zip(term.is_a, term.is_a_lines):
+            if view.edge_target_kept(parent, line, f"{term.id} is_a", counts):
                 builder.add_triple(term.id, "is_a", parent, source)
-        for rel, target in term.relationships:
-            if target in live:
+        for rel, target, line in term.relationships:
+            if view.edge_target_kept(target, line, f"{term.id} relationship {rel}", counts):
                 builder.add_relation(rel, rel.replace("_", " "))
                 builder.add_triple(term.id, rel, target, source)
         for alt in term.alt_ids:
             builder.add_redirect(alt, term.id)
+    redirected = _redirect_obsolete(builder, all_terms, live)
+    counts.update({"terms": len(live), "obsolete": sum(t.obsolete for t in all_terms.values()),
+                   "obsolete_redirected": redirected})
+    log.info("%s: %d live terms, %d obsolete (%d redirected)", path, counts["terms"], counts["obsolete"], redirected)
+    return dict(counts)
+
+
+def _add_names(builder: KGBuilder, term: OboTerm) -> None:
+    builder.add_alias(term.name, term.id, "label")
+    for text, scope, syn_type in term.synonyms:
+        if syn_type == "obsolete_synonym":
+            kind = "obsolete_synonym"
+        elif syn_type in ABBREVIATION_TYPES:
+            kind = "abbreviation"
+        elif syn_type:
+            kind = syn_type
+        else:
+            kind = f"synonym_{scope.lower()}"
+        builder.add_alias(text, term.id, kind, scope=scope)
+    for xref in term.xrefs:
+        builder.add_xref(term.id, xref)
+
+
+def _redirect_obsolete(builder: KGBuilder, all_terms: dict[str, OboTerm], live: dict[str, OboTerm]) -> int:
     redirected = 0
     for term in all_terms.values():
         if term.obsolete and term.replaced_by and term.replaced_by[0] in live:
@@ -207,10 +257,4 @@ def read_obo(path: Path, builder: KGBuilder, *, root_term: str | None = None, so
             if term.name:
                 builder.add_alias(term.name, term.replaced_by[0], "replaced_by")
             redirected += 1
-    counts = {
-        "terms": len(live),
-        "obsolete": sum(t.obsolete for t in all_terms.values()),
-        "obsolete_redirected": redirected,
-    }
-    log.info("%s: %d live terms, %d obsolete (%d redirected)", path, counts["terms"], counts["obsolete"], redirected)
-    return counts
+    return redirected

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipelines.errors import DumpParseError, InputError
 from pipelines.readers import open_text
-from pipelines.tables import Entity, KGBuilder
+from pipelines.tables import Entity, KGBuilder, drop_row
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +38,45 @@ def umls_languages(languages: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(to_lat.get(lang, lang.upper()) for lang in languages)
 
 
-def read_umls(paths: list[Path], builder: KGBuilder, *, languages: tuple[str, ...] = ("ENG",)) -> dict[str, int]:
+def read_umls(paths: list[Path], builder: KGBuilder, *, languages: tuple[str, ...] = ("ENG",),
+              strict: bool = False) -> dict[str, int]:
     """Read a directory's worth of RRF files; MRCONSO is required, MRSTY and MRREL optional.
 
-    ``languages`` are UMLS LAT codes (see :func:`umls_languages`); SAB:CODE pairs become xrefs."""
+    ``languages`` are UMLS LAT codes (see :func:`umls_languages`); SAB:CODE pairs become xrefs.
+    Rows left out by request (suppressed, other languages, their types and relations) are counted
+    as skipped; a relation to a CUI that MRCONSO never lists is dropped (an error with ``strict``)."""
     by_name = {Path(p).name.upper().split(".")[0]: Path(p) for p in paths}
     if "MRCONSO" not in by_name:
         raise InputError(f"{', '.join(map(str, paths))}: UMLS input needs MRCONSO.RRF (and optionally MRSTY.RRF, MRREL.RRF)")
     counts: Counter = Counter()
+    names, preferred, listed = _concepts(by_name["MRCONSO"], builder, languages, counts)
+    types: dict[str, list[str]] = {}
+    if "MRSTY" in by_name:
+        for _, r in _rows(by_name["MRSTY"], MRSTY):
+            if r["CUI"] in names:
+                types.setdefault(r["CUI"], []).append(r["STY"])
+            else:
+                counts["skipped_type_of_concept_not_kept"] += 1
+    for cui, cui_names in names.items():
+        label = preferred.get(cui, cui_names[0][0])
+        builder.add_entity(Entity(cui, label, None, types.get(cui, []), "UMLS"))
+        for text, kind, lang in cui_names:
+            builder.add_alias(text, cui, "label" if text == label else kind, lang)
+    if "MRREL" in by_name:
+        _relations(by_name["MRREL"], builder, names, listed, counts, strict)
+    counts["concepts"] = len(names)
+    return dict(counts)
+
+
+def _concepts(path: Path, builder: KGBuilder, languages: tuple[str, ...], counts: Counter):
+    """MRCONSO: names per kept CUI, preferred names, and every CUI listed at all."""
     preferred: dict[str, str] = {}
     names: dict[str, list[tuple[str, str, str]]] = {}
-    for _, r in _rows(by_name["MRCONSO"], MRCONSO):
+    listed: set[str] = set()
+    for _, r in _rows(path, MRCONSO):
+        listed.add(r["CUI"])
         if r["LAT"] not in languages or r["SUPPRESS"] in ("O", "E", "Y"):
-            counts["suppressed_or_other_language"] += 1
+            counts["skipped_suppressed_or_other_language"] += 1
             continue
         lang = LANGS.get(r["LAT"], r["LAT"].lower())
         kind = "abbreviation" if r["TTY"] in ABBREVIATION_TTYS else "synonym"
@@ -59,23 +85,27 @@ def read_umls(paths: list[Path], builder: KGBuilder, *, languages: tuple[str, ..
             builder.add_xref(r["CUI"], f"{r['SAB']}:{r['CODE']}")
         if r["TS"] == "P" and r["STT"] == "PF" and r["ISPREF"] == "Y" and (r["CUI"] not in preferred or r["LAT"] == "ENG"):
             preferred[r["CUI"]] = r["STR"]
-    types: dict[str, list[str]] = {}
-    if "MRSTY" in by_name:
-        for _, r in _rows(by_name["MRSTY"], MRSTY):
-            types.setdefault(r["CUI"], []).append(r["STY"])
-    for cui, cui_names in names.items():
-        label = preferred.get(cui, cui_names[0][0])
-        builder.add_entity(Entity(cui, label, None, types.get(cui, []), "UMLS"))
-        for text, kind, lang in cui_names:
-            builder.add_alias(text, cui, "label" if text == label else kind, lang)
-    if "MRREL" in by_name:
-        for _, r in _rows(by_name["MRREL"], MRREL):
-            if r["CUI1"] == r["CUI2"] or r["SUPPRESS"] in ("O", "E", "Y"):
-                continue
-            rel = r["RELA"] or r["REL"]
-            builder.add_relation(rel, rel.replace("_", " "))
-            # MRREL reads "CUI2 has relation RELA to CUI1"
-            builder.add_triple(r["CUI2"], rel, r["CUI1"], r["SAB"] or "UMLS")
-            counts["relations_rows"] += 1
-    counts["concepts"] = len(names)
-    return dict(counts)
+    return names, preferred, listed
+
+
+def _relations(path: Path, builder: KGBuilder, names: dict, listed: set[str], counts: Counter, strict: bool) -> None:
+    for lineno, r in _rows(path, MRREL):
+        if r["CUI1"] == r["CUI2"]:
+            counts["skipped_self_relation"] += 1
+            continue
+        if r["SUPPRESS"] in ("O", "E", "Y"):
+            counts["skipped_suppressed_relation"] += 1
+            continue
+        missing = [c for c in (r["CUI1"], r["CUI2"]) if c not in names]
+        if any(c not in listed for c in missing):
+            drop_row(counts, "relation_to_unlisted_concept", path, lineno,
+                     f"{missing[0]} is not in MRCONSO", strict)
+            continue
+        if missing:  # listed, but none of its names is kept (language, suppression)
+            counts["skipped_relation_of_concept_not_kept"] += 1
+            continue
+        rel = r["RELA"] or r["REL"]
+        builder.add_relation(rel, rel.replace("_", " "))
+        # MRREL reads "CUI2 has relation RELA to CUI1"
+        builder.add_triple(r["CUI2"], rel, r["CUI1"], r["SAB"] or "UMLS")
+        counts["relations_rows"] += 1

@@ -52,9 +52,10 @@ def test_ingest_hpo_like_sources(tmp_path, tiny_sources):
     assert ents["OMIM:900001"]["types"] == ["disease"] and ents["NCBIGene:9001"]["types"] == ["gene"]
     kinds = {(a["alias"], a["kind"]) for a in aliases}
     assert ("LOP", "abbreviation") in kinds and ("Color blindness", "uk_spelling") in kinds
-    # the annotation on an unknown term is skipped and counted, not silently lost
+    # the annotation on an unknown term is dropped and counted, per file and in the stage counts
     per_file = entry["counts"]["per_file"]
-    assert per_file[str(tiny_sources[1])]["skipped_term_not_in_ontology"] == 1
+    assert per_file[str(tiny_sources[1])]["dropped_annotation_term_not_in_ontology"] == 1
+    assert entry["counts"]["dropped_annotation_term_not_in_ontology"] == 1
     manifest = read_manifest(layout)
     assert manifest["stages"]["ingest"]["inputs"][str(tiny_sources[0])]
 
@@ -147,15 +148,18 @@ def test_umls_rrf(tmp_path, data_dir):
     assert ("C9000002", "manifestation_of", "C9000001") in triples
 
 
-def test_triples_tsv_deduplicates_reverse_edges(tmp_path, data_dir):
+def test_triples_tsv_undirected_skips_reverse_edges_on_request(tmp_path, data_dir):
     layout = ArtifactLayout(tmp_path, "pk")
-    opts = IngestOptions(triple_columns={"head": "x_id", "relation": "relation", "tail": "y_id",
-                                         "head_name": "x_name", "tail_name": "y_name"})
-    entry = ingest([data_dir / "primekg_like.tsv"], None, layout, opts)
+    columns = {"head": "x_id", "relation": "relation", "tail": "y_id", "head_name": "x_name", "tail_name": "y_name"}
+    entry = ingest([data_dir / "primekg_like.tsv"], None, layout, IngestOptions(triple_columns=columns, undirected=True))
     ents, _, triples = _tables(layout)
     assert len(triples) == 2
     assert ents["1"]["label"] == "GeneA"
-    assert entry["counts"]["per_file"][str(data_dir / "primekg_like.tsv")]["reverse_duplicates"] == 1
+    assert entry["counts"]["per_file"][str(data_dir / "primekg_like.tsv")]["skipped_reverse_duplicate"] == 1
+    assert entry["counts"]["skipped_reverse_duplicate"] == 1
+    # directed by default: both directions are facts
+    entry = ingest([data_dir / "primekg_like.tsv"], None, layout, IngestOptions(triple_columns=columns))
+    assert len(_tables(layout)[2]) == 3 and "skipped_reverse_duplicate" not in entry["counts"]
 
 
 def test_manifest_is_valid_json_after_ingest(tmp_path, tiny_sources):
