@@ -8,7 +8,7 @@ and the first ``candidates()`` call, in a fresh process each round.
 and builds the linker exactly as ``kalora linker`` does (default config: name encoder + reranker).
 ``synthetic`` generates an alias table of ``--aliases`` rows (invented words in the name patterns
 clinical vocabularies use, 2-5 names per entity) and builds the linker over it with the default
-component config; ``--encoder-steps``/``--rerank-queries`` bound the training (the saved artifact's
+component config (``--config`` to change it); ``--encoder-steps``/``--rerank-queries`` bound the training (the saved artifact's
 size, which is what loading costs, does not depend on them: vocabulary, name count and index type do).
 An existing linker in ``--out`` is reused (``--rebuild`` to build again).
 
@@ -70,7 +70,8 @@ def synthetic_table(n_aliases: int, seed: int = 0):
     return table, [f"SYN:{i}" for i in range(1, ent + 1)]
 
 
-def build_synthetic(out: Path, n_aliases: int, encoder_steps: int | None, rerank_queries: int | None) -> dict:
+def build_synthetic(out: Path, n_aliases: int, encoder_steps: int | None, rerank_queries: int | None,
+                    overrides: dict | None = None) -> dict:
     import spacy
 
     import linking.component  # noqa: F401
@@ -81,7 +82,7 @@ def build_synthetic(out: Path, n_aliases: int, encoder_steps: int | None, rerank
     start = time.perf_counter()
     table, ids = synthetic_table(n_aliases)
     generated = time.perf_counter() - start
-    training: dict = {}
+    training: dict = dict(overrides or {})
     if encoder_steps:
         training["encoder"] = {"max_steps": encoder_steps}
     if rerank_queries:
@@ -203,6 +204,8 @@ def main() -> None:
     parser.add_argument("--rerank-queries", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument("--config", type=json.loads, default=None,
+                        help='synthetic: LinkerConfig keys as JSON, e.g. \'{"name_encoder": false}\'')
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     import logging
@@ -211,7 +214,7 @@ def main() -> None:
     built = None
     if args.rebuild or not (args.out / "kg_linker" / "checksums.json").exists():
         built = build_hpo(args.out) if args.kb == "hpo" else \
-            build_synthetic(args.out, args.aliases, args.encoder_steps, args.rerank_queries)
+            build_synthetic(args.out, args.aliases, args.encoder_steps, args.rerank_queries, args.config)
         print(json.dumps(built), flush=True)
     summary(args.kb, args.out, built, measure(args.out, args.repeats))
 
