@@ -169,3 +169,10 @@ def test_spill_sorted_runs_merge_in_passes(tmp_path, monkeypatch):
     assert list(runs.sorted()) == sorted(rows) and len(runs.paths) <= 3
     runs.close()
     assert not runs.directory.exists()
+
+
+def test_ingest_options_triples_fields_are_typed():
+    with pytest.raises(InputError, match=r"\[ingest -> undirected\] expected true or false, got 'yes'"):
+        IngestOptions(undirected="yes")
+    with pytest.raises(InputError, match=r"\[ingest -> triple_columns -> head\] expected a column name"):
+        IngestOptions(triple_columns={"head": 1.5})
