@@ -57,6 +57,14 @@ class IngestOptions:
             raise InputError(f"workers: expected a positive number, got {self.workers}")
         if not self.chunk_mb > 0:
             raise InputError(f"chunk_mb: expected a positive size in MiB, got {self.chunk_mb}")
+        if self.header is not None and not isinstance(self.header, bool):
+            raise InputError(f"[ingest -> header] expected true, false or null (detect), got {self.header!r}")
+        if not isinstance(self.undirected, bool):
+            raise InputError(f"[ingest -> undirected] expected true or false, got {self.undirected!r}")
+        for role, column in dict(self.triple_columns).items():
+            if isinstance(column, bool) or not isinstance(column, (str, int)):
+                raise InputError(f"[ingest -> triple_columns -> {role}] expected a column name or a 1-based "
+                                 f"position, got {column!r}")
 
     def wikidata(self):
         from pipelines.wikidata import WikidataOptions

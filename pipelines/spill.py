@@ -19,6 +19,8 @@ import pyarrow.parquet as pq
 RUN_ROWS = 200_000    # rows held in memory before a run is sorted and written
 MERGE_ROWS = 200_000  # rows held in memory by a merge, over all runs together
 GROUP_ROWS = 4_096    # Parquet row group of a run: the unit a merge decodes at a time
+FAN_IN = 16           # runs merged at once: every open run holds reader buffers, so more runs are
+                      # first merged into longer ones (a classic multi-pass external sort)
 
 
 class SortedRuns:
@@ -35,6 +37,7 @@ class SortedRuns:
         self.buffer: list[tuple] = []
         self.paths: list[Path] = []
         self.rows = 0
+        self._names = itertools.count()
 
     def add(self, row: tuple) -> None:
         self.buffer.append(row)
@@ -51,7 +54,7 @@ class SortedRuns:
         columns = list(zip(*self.buffer))
         table = pa.table([pa.array(c, f.type) for c, f in zip(columns, self.schema)], schema=self.schema)
         table = table.sort_by(self.sort_keys)  # byte order of UTF-8 = code point order = Python's str order
-        path = self.directory / f"run-{len(self.paths):06d}.parquet"
+        path = self.directory / f"run-{next(self._names):06d}.parquet"
         pq.write_table(table, path, compression="lz4", row_group_size=GROUP_ROWS)  # scratch, never published
         self.paths.append(path)
         self.rows += len(self.buffer)
@@ -63,10 +66,27 @@ class SortedRuns:
     def sorted(self) -> Iterator[tuple]:
         """Every row added so far, in ``key`` order (the runs stay on disk until :meth:`close`)."""
         self.flush()
+        while len(self.paths) > FAN_IN:
+            group, self.paths = self.paths[:FAN_IN], self.paths[FAN_IN:]
+            self.paths.append(self._merge_to_run(group))
         if len(self.paths) == 1:
             return read_rows(self.paths[0])
-        batch_rows = max(256, MERGE_ROWS // len(self.paths))
-        return heapq.merge(*(read_rows(p, batch_rows) for p in self.paths), key=self.key)
+        return self._merged(self.paths)
+
+    def _merged(self, paths: list[Path]) -> Iterator[tuple]:
+        batch_rows = max(256, MERGE_ROWS // len(paths))
+        return heapq.merge(*(read_rows(p, batch_rows) for p in paths), key=self.key)
+
+    def _merge_to_run(self, paths: list[Path]) -> Path:
+        out = self.directory / f"run-{next(self._names):06d}.parquet"
+        with pq.ParquetWriter(out, self.schema, compression="lz4") as writer:
+            for chunk in batched(self._merged(paths), GROUP_ROWS):
+                columns = list(zip(*chunk))
+                writer.write_table(pa.table([pa.array(c, f.type) for c, f in zip(columns, self.schema)],
+                                            schema=self.schema))
+        for p in paths:
+            p.unlink()
+        return out
 
     def contains_any(self, column: str, values: Collection[str]) -> bool:
         """Whether any row added so far has one of ``values`` in ``column`` (vectorised, run by run)."""

@@ -77,7 +77,7 @@ class KGBuilder:
         self._scratch: tempfile.TemporaryDirectory | None = None
         self._triples: SortedRuns | None = None
         self._bare: SortedRuns | None = None
-        self._bare_buffer: dict[str, tuple[int, str, set[str], str]] = {}
+        self._bare_buffer: dict[str, tuple[int, str, set[str] | None, str]] = {}
         self._bare_aliases: set[tuple[str, str]] = set()  # (label, id) of bare entities
 
     # -- adding -----------------------------------------------------------------------------
@@ -105,9 +105,12 @@ class KGBuilder:
         if label and label.strip():
             self._bare_aliases.add((label.strip(), entity_id))
         buffered = self._bare_buffer.get(entity_id)
-        if buffered is None:
-            buffered = self._bare_buffer[entity_id] = (next(self._seq), label or entity_id, set(), source)
-        if entity_type:
+        if buffered is None:  # the type set only when there is a type: most triples files have none
+            buffered = self._bare_buffer[entity_id] = (next(self._seq), label or entity_id,
+                                                      {entity_type} if entity_type else None, source)
+        elif entity_type:
+            if buffered[2] is None:
+                buffered = self._bare_buffer[entity_id] = (*buffered[:2], set(), buffered[3])
             buffered[2].add(entity_type)
         if len(self._bare_buffer) >= self.run_rows:
             self._flush_bare()
@@ -165,7 +168,7 @@ class KGBuilder:
         if self._bare is None:
             self._bare = SortedRuns(self._work(), _BARE_ENTITY, 2, self.run_rows)
         for eid, (seq, label, types, source) in self._bare_buffer.items():
-            self._bare.add((eid, seq, label, sorted(types), source))
+            self._bare.add((eid, seq, label, sorted(types) if types else [], source))
         self._bare_buffer = {}
         self._bare.flush()
 

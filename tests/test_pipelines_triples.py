@@ -153,3 +153,26 @@ def test_cli_ingest_headerless_flags_and_summary_table(tmp_path, data_dir):
     headerless.write_text("head\trelation\ttail\nA\tr\tB\n")
     res = run_cli("ingest", str(headerless), "--no-header", "--name", "h", "--root", root)
     assert res.returncode == 0 and '"triples": 2' in res.stdout
+
+
+def test_spill_sorted_runs_merge_in_passes(tmp_path, monkeypatch):
+    import random
+
+    import pyarrow as pa
+
+    from pipelines import spill
+
+    monkeypatch.setattr(spill, "FAN_IN", 3)
+    runs = spill.SortedRuns(tmp_path, pa.schema([("key", pa.string()), ("seq", pa.int64())]), 2, run_rows=7)
+    rows = [(str(random.Random(i).randint(0, 50)), i) for i in range(200)]
+    runs.extend(rows)
+    assert list(runs.sorted()) == sorted(rows) and len(runs.paths) <= 3
+    runs.close()
+    assert not runs.directory.exists()
+
+
+def test_ingest_options_triples_fields_are_typed():
+    with pytest.raises(InputError, match=r"\[ingest -> undirected\] expected true or false, got 'yes'"):
+        IngestOptions(undirected="yes")
+    with pytest.raises(InputError, match=r"\[ingest -> triple_columns -> head\] expected a column name"):
+        IngestOptions(triple_columns={"head": 1.5})
