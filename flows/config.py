@@ -1,13 +1,22 @@
-"""The build configuration of ``kalora run``: one YAML file, validated before any work starts."""
+"""The build configuration of ``kalora run`` and the ``build-kg`` flow: one YAML file (or the
+shipped ``hpo`` defaults) plus flow parameters, validated once before any work starts and then
+passed down whole; every stage reads its own typed section (``cfg.embed``, ``cfg.shards``, ...).
+
+A ``BuildConfig`` is made in two ways only: ``BuildConfig.from_dict(mapping, where)`` and
+``resolve(spec, overrides)``, which reads ``spec`` and lays the overrides over it. A new section is
+one field below (its class needs a ``from_dict(data, where)``, or plain typed fields).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kg.config import EmbeddingConfig, from_dict
+from kg.config import EmbeddingConfig
 from model.config import ModelConfig, StageConfig
+from pipelines.config import from_dict, section_names
 from pipelines.errors import ConfigError, InputError
 from pipelines.ingest import FORMATS, IngestOptions, hpo_sources, resolve_formats
 from pipelines.shards import ShardConfig
@@ -27,19 +36,18 @@ class BuildConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     stage1: StageConfig = field(default_factory=StageConfig)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, where: str = "config") -> "BuildConfig":
+        """The config of ``data`` (a build YAML's mapping); errors read ``<where>: [embed -> x] ...``.
+        Not validated against the file system: ``resolve`` and ``validate`` do that."""
+        try:
+            return from_dict(cls, data, "")
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
     def source_paths(self) -> list[Path]:
         """Local paths of the sources; a URL maps to its download under ``<root>/<name>/downloads``."""
-        from flows.sources import is_url, url_filename
-
-        out: list[Path] = []
-        for s in self.sources:
-            if s == "hpo":
-                out += hpo_sources()
-            elif is_url(s):
-                out.append(Path(self.root) / self.name / "downloads" / url_filename(s))
-            else:
-                out.append(Path(s))
-        return out
+        return [path for group in self.source_groups() for path in group]
 
     def validate(self) -> "BuildConfig":
         """Check every path and format now, so a typo fails before hours of work."""
@@ -84,38 +92,21 @@ class BuildConfig:
 
     def source_groups(self) -> list[list[Path]]:
         """``source_paths`` grouped by the source entry each came from."""
-        return [BuildConfig(name=self.name, root=self.root, sources=(s,)).source_paths() for s in self.sources]
+        from flows.sources import is_url, url_filename
+
+        downloads = Path(self.root) / self.name / "downloads"
+        return [hpo_sources() if s == "hpo" else [downloads / url_filename(s)] if is_url(s) else [Path(s)]
+                for s in self.sources]
 
 
-_SECTIONS = {"ingest": IngestOptions, "shards": ShardConfig, "model": ModelConfig, "stage1": StageConfig}
-
-
-def build_config_from_dict(data: dict[str, Any], where: str = "config") -> BuildConfig:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping at the top level")
-    known = {f.name for f in fields(BuildConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key == "embed":  # per-model tuned defaults fill what the section leaves out
-            kwargs[key] = EmbeddingConfig.from_dict(value, f"{where} -> embed")
-        elif key in _SECTIONS:
-            kwargs[key] = from_dict(_SECTIONS[key], value, f"{where} -> {key}")
-        elif key in ("sources", "preferences"):
-            kwargs[key] = tuple([value] if isinstance(value, str) else value or ())
-        else:
-            kwargs[key] = value
-    return BuildConfig(**kwargs)
-
-
-def read_build_dict(spec: str | None) -> dict[str, Any]:
-    """The raw mapping of a build config: ``hpo``/``None`` (the shipped defaults) or a YAML file."""
+def read_config_file(spec: str | None) -> dict[str, Any]:
+    """The raw mapping of a config file: ``hpo``/``None`` (the shipped defaults) or a YAML file."""
     import yaml
 
     if spec in (None, "hpo"):
         return {}
+    if not isinstance(spec, str):
+        raise ConfigError(f"[config] expected 'hpo' or the path of a YAML build config, got {type(spec).__name__}")
     path = Path(spec)
     if not path.is_file():
         raise InputError(f"{spec}: no such config file (expected 'hpo' or a YAML build config)")
@@ -132,34 +123,31 @@ def merge_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     """``overrides`` (flow parameters; ``None`` = not given) on top of ``data``: a section mapping
     updates the section key by key, anything else replaces the value."""
     merged = dict(data)
+    sections = section_names(BuildConfig)
     for key, value in overrides.items():
         if value is None:
             continue
-        if key in _SECTIONS or key == "embed":
-            if not isinstance(value, dict):
-                raise ConfigError(f"[{key}] expected a mapping, got {type(value).__name__}")
-            base = merged.get(key) or {}
-            if not isinstance(base, dict):
-                raise ConfigError(f"[{key}] expected a mapping, got {type(base).__name__}")
-            merged[key] = {**base, **value}
+        if key in sections:
+            for given in (value, merged.get(key) or {}):
+                if not isinstance(given, dict):
+                    raise ConfigError(f"[{key}] expected a mapping, got {type(given).__name__}")
+            merged[key] = {**(merged.get(key) or {}), **value}
         else:
             merged[key] = value
     return merged
 
 
-def resolve_build_config(spec: str | None = None, **overrides: Any) -> BuildConfig:
-    """The validated build config of ``spec`` (``hpo``, ``None`` or a YAML file) with flow
-    parameters applied on top; every path and format is checked before anything runs."""
-    where = "parameters" if spec in (None, "hpo") else f"{spec} + parameters"
-    return build_config_from_dict(merge_overrides(read_build_dict(spec), overrides), where).validate()
+def resolve(spec: str | None = None, overrides: dict[str, Any] | None = None) -> BuildConfig:
+    """The validated build config of ``spec`` (``hpo``, ``None`` or a YAML file) with ``overrides``
+    (plain values, as flow parameters arrive; ``None`` = not given) laid over it. Every value, path
+    and format is checked here, before anything runs."""
+    where = spec if spec not in (None, "hpo") else "parameters"
+    if overrides and any(v is not None for v in overrides.values()) and where != "parameters":
+        where = f"{spec} + parameters"
+    return BuildConfig.from_dict(merge_overrides(read_config_file(spec), overrides or {}), where).validate()
 
 
-def load_build_config(spec: str, root: str | None = None) -> BuildConfig:
-    """``spec`` is ``hpo`` (the shipped default) or a YAML file."""
-    where = spec
-    cfg = build_config_from_dict(read_build_dict(spec), where)
-    if root is not None:
-        from dataclasses import replace
-
-        cfg = replace(cfg, root=root)
-    return cfg.validate()
+def artifact_root(root: str | None) -> str | None:
+    """``root`` as given, else ``$KALORA_ARTIFACT_ROOT`` (deployments leave root unset; workers in
+    docker/compose.yaml point it at their volume), else ``None`` (the config's own)."""
+    return root if root is not None else os.environ.get("KALORA_ARTIFACT_ROOT")

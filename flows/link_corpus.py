@@ -12,9 +12,10 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.build import RETRIES, DaskOptions, _root, task_runner
+from flows.build import RETRIES, DaskOptions, task_runner
+from flows.config import artifact_root
 from pipelines.artifacts import ArtifactLayout, atomic_write_bytes
-from pipelines.errors import ConfigError
+from pipelines.config import check_value
 
 
 @lru_cache(maxsize=2)
@@ -50,10 +51,9 @@ def link_corpus(input: str, output: str, name: str = "hpo", root: str | None = N
     ``{"text", "spans"}`` to ``output``. ``dask`` spreads the chunks over a Dask cluster."""
     from pipelines.readers import check_readable
 
-    if chunk_size <= 0:
-        raise ConfigError(f"[chunk_size] must be > 0, got {chunk_size}")
+    check_value("chunk_size", chunk_size, gt=0)
     check_readable(input)
-    layout = ArtifactLayout(Path(_root(root) or "./artifacts"), name)
+    layout = ArtifactLayout(Path(artifact_root(root) or "./artifacts"), name)
     linker_dir = layout.require(layout.linker, "linker")
     rows = link_chunks.with_options(task_runner=task_runner(dask))(str(linker_dir.resolve()), str(input), chunk_size)
     atomic_write_bytes(Path(output), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())

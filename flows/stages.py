@@ -17,6 +17,7 @@ from typing import Any
 from flows.config import BuildConfig
 from linking.evaluate import AliasRecallConfig
 from pipelines.artifacts import ArtifactLayout, cache_key, cached_entry, code_version, input_digests
+from pipelines.shards import ShardInputs
 
 STAGE_NAMES = ("ingest", "embed", "index", "linker", "shards", "train")
 
@@ -35,10 +36,9 @@ def _vectors(cfg: BuildConfig, lay: ArtifactLayout) -> Path:
     return lay.embeddings(cfg.embed.model) / "entities.npy"
 
 
-def _split_parameters() -> dict[str, Any]:
-    from kg.splits import SplitConfig
-
-    return asdict(SplitConfig())  # the flow uses the default split, as `kalora embed` does
+def _embed_parameters(cfg: BuildConfig) -> dict[str, Any]:
+    embed = cfg.embed.to_dict()
+    return {"embed": embed, "split": embed.pop("split")}
 
 
 SPECS: dict[str, StageSpec] = {
@@ -51,7 +51,7 @@ SPECS: dict[str, StageSpec] = {
     "embed": StageSpec(
         "embed", ("kg",), lambda cfg: f"embed:{cfg.embed.model}",
         lambda cfg, lay: {"entities": lay.entities, "relations": lay.relations, "triples": lay.triples},
-        lambda cfg: {"embed": cfg.embed.to_dict(), "split": _split_parameters()},
+        _embed_parameters,
         lambda cfg, lay: [lay.embeddings(cfg.embed.model), lay.splits]),
     "index": StageSpec(
         "index", ("linking",), lambda cfg: "index",
@@ -97,3 +97,18 @@ def fingerprint(spec: StageSpec, cfg: BuildConfig, layout: ArtifactLayout,
 
 def lookup(spec: StageSpec, cfg: BuildConfig, layout: ArtifactLayout, key: str) -> dict[str, Any] | None:
     return cached_entry(layout, spec.manifest_key(cfg), key, spec.outputs(cfg, layout))
+
+
+def shard_inputs(layout: ArtifactLayout, model: str) -> ShardInputs:
+    """What the shards stage reads from the embed, index and linker stages, loaded for
+    ``pipelines.shards.build_shards`` (which sits below those packages and does not import them)."""
+    from kg.embeddings import load_entity_vectors
+    from kg.splits import read_splits
+    from linking.build import load_linker
+    from linking.index import load_entity_index
+
+    layout.require(layout.entities, "ingest")
+    splits = read_splits(layout)
+    vectors, meta = load_entity_vectors(layout, model)
+    return ShardInputs(splits=splits, vectors=vectors, embedding_version=meta["embedding_version"],
+                       index=load_entity_index(layout), nlp=load_linker(layout))

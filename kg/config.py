@@ -3,10 +3,11 @@ validated once at the edge (unknown keys and bad values are refused with their l
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pipelines.errors import ConfigError
+from kg.splits import SplitConfig
+from pipelines.config import check_choice, check_range, from_dict
 
 MODELS = ("transe", "complex")
 LOSSES = ("marginranking", "softplus", "bcewithlogits", "nssa", "crossentropy")
@@ -53,47 +54,27 @@ class EmbeddingConfig:
     memory_fraction: float = 0.8       # refuse when the estimate exceeds this share of free memory
     force: bool = False                # train even when the memory estimate says it will not fit
     seed: int = 42
+    split: SplitConfig = field(default_factory=SplitConfig)  # the train/valid/test split trained on
 
     def __post_init__(self) -> None:
-        def bad(field: str, expected: str) -> ConfigError:
-            return ConfigError(f"[embed -> {field}] {expected}, got {getattr(self, field)!r}")
-
-        if self.model not in MODELS:
-            raise bad("model", f"unknown model: expected one of {', '.join(MODELS)}")
-        if self.loss is not None and self.loss not in LOSSES:
-            raise bad("loss", f"unknown loss: expected one of {', '.join(LOSSES)}")
-        if self.training_loop not in LOOPS:
-            raise bad("training_loop", f"expected one of {', '.join(LOOPS)}")
-        if self.engine not in ENGINES:
-            raise bad("engine", f"expected one of {', '.join(ENGINES)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise bad("optimizer", f"expected one of {', '.join(OPTIMIZERS)}")
-        for name in ("embedding_dim", "num_epochs", "num_negs_per_pos", "eval_batch_size", "patience", "devices",
-                     "num_nodes"):
-            if getattr(self, name) <= 0:
-                raise bad(name, "must be > 0")
-        for name in ("eval_every", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise bad(name, "must be >= 0")
-        if self.batch_size is not None and self.batch_size <= 0:
-            raise bad("batch_size", "must be > 0 or null (automatic)")
-        if self.learning_rate <= 0:
-            raise bad("learning_rate", "must be > 0")
-        for name in ("eval_max_triples", "valid_max_triples"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise bad(name, "must be > 0 or null")
-        if not 0 < self.memory_fraction <= 1:
-            raise bad("memory_fraction", "must be in (0, 1]")
-        if not 0 <= self.label_smoothing < 1:
-            raise bad("label_smoothing", "must be in [0, 1)")
+        where = "embed"
+        check_choice(self, where, "model", MODELS, "unknown model")
+        check_choice(self, where, "loss", LOSSES, "unknown loss", nullable=True)
+        for name, choices in (("training_loop", LOOPS), ("engine", ENGINES), ("optimizer", OPTIMIZERS)):
+            check_choice(self, where, name, choices)
+        check_range(self, where, "embedding_dim", "num_epochs", "num_negs_per_pos", "eval_batch_size", "patience",
+                    "devices", "num_nodes", "learning_rate", gt=0)
+        check_range(self, where, "eval_every", "checkpoint_every", ge=0)
+        check_range(self, where, "batch_size", "eval_max_triples", "valid_max_triples", gt=0, nullable=True)
+        check_range(self, where, "memory_fraction", gt=0, le=1)
+        check_range(self, where, "label_smoothing", ge=0, lt=1)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "embed") -> "EmbeddingConfig":
         """Build the config of ``data['model']`` (default TransE): per-model tuned defaults apply
         to every key the mapping leaves out."""
-        data = dict(data or {})
-        model = data.get("model", "transe")
-        target = MODEL_CONFIGS.get(model, cls) if cls is EmbeddingConfig else cls
+        model = data.get("model", "transe") if isinstance(data, dict) else None
+        target = MODEL_CONFIGS.get(model, cls) if cls is EmbeddingConfig and isinstance(model, str) else cls
         return from_dict(target, data, where)
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,19 +116,3 @@ class ComplExConfig(OneToNConfig):
 
 
 MODEL_CONFIGS: dict[str, type[EmbeddingConfig]] = {"transe": TransEConfig, "complex": ComplExConfig}
-
-
-def from_dict(cls, data: dict[str, Any] | None, where: str):
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys with their location."""
-    data = dict(data or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"[{where}] unknown key(s) {unknown}: expected some of {sorted(known)}")
-    for f in fields(cls):
-        if f.name in data and isinstance(data[f.name], list):
-            data[f.name] = tuple(data[f.name])
-    try:
-        return cls(**data)
-    except TypeError as exc:
-        raise ConfigError(f"[{where}] {exc}") from None

@@ -116,14 +116,14 @@ def _sample(arr: torch.Tensor, limit: int | None, seed: int) -> torch.Tensor:
 
 
 def train_embeddings(layout: ArtifactLayout, config: EmbeddingConfig | None = None, *, progress: bool = True,
-                     split_config: SplitConfig = SplitConfig(), stop_after_epochs: int | None = None) -> dict[str, Any]:
+                     stop_after_epochs: int | None = None) -> dict[str, Any]:
     """Train (early stopping, resumable), evaluate (filtered MRR, Hits@k) and export one embedding
     model; return the manifest entry. ``stop_after_epochs`` simulates an interruption (tests)."""
     from pykeen.triples import CoreTriplesFactory
 
     config = config or TransEConfig()
     entities, relations = load_entity_map(layout), load_relation_map(layout)
-    splits = ensure_splits(layout, split_config)
+    splits = ensure_splits(layout, config.split)
     train = _to_pykeen(splits["train"])
     factory = CoreTriplesFactory(train, num_entities=len(entities.ids), num_relations=len(relations.ids),
                                  create_inverse_triples=config.inverse_triples)

@@ -106,7 +106,8 @@ def check_memory(config: EmbeddingConfig, num_entities: int, num_relations: int,
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
-def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer's state as (tensors for safetensors, JSON-able scalars): no pickle on disk."""
     state = optimizer.state_dict()
     tensors, scalars = {}, {"param_groups": state["param_groups"], "state": {}}
     for idx, entries in state["state"].items():
@@ -118,7 +119,8 @@ def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, scalars
 
 
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> dict[str, Any]:
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> dict[str, Any]:
+    """The ``state_dict`` that ``flatten_optimizer`` took apart."""
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
@@ -147,7 +149,7 @@ def save_checkpoint(directory: Path, model, optimizer, state: TrainingState, con
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    opt_tensors, opt_scalars = _flatten_optimizer(optimizer)
+    opt_tensors, opt_scalars = flatten_optimizer(optimizer)
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
     tensors.update(opt_tensors)
     tensors["rng.torch"] = torch.get_rng_state()
@@ -177,7 +179,7 @@ def load_checkpoint(directory: Path, model, optimizer, config: EmbeddingConfig):
         return None
     tensors = load_file(str(directory / "state.safetensors"))
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+    optimizer.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
     torch.set_rng_state(tensors["rng.torch"])
     best = load_file(str(directory / "best.safetensors")) if (directory / "best.safetensors").exists() else None
     return TrainingState(**meta["training"]), best

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from kg.config import from_dict
+from pipelines.config import check_choice, check_range, from_dict, location
 from pipelines.errors import ConfigError
 
 PEFT_METHODS = ("lora", "adalora", "prefix", "prompt")
@@ -29,15 +29,12 @@ class ModelConfig:
     domain_adapter_rank: int = 8     # 0: no DomainAdapter
 
     def __post_init__(self) -> None:
-        for name in ("n_layer", "n_head", "n_embd", "max_length", "knowledge_heads"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"[train -> model -> {name}] must be > 0, got {getattr(self, name)}")
-        if self.domain_adapter_rank < 0:
-            raise ConfigError(f"[train -> model -> domain_adapter_rank] must be >= 0, got {self.domain_adapter_rank}")
+        check_range(self, "train -> model", "n_layer", "n_head", "n_embd", "max_length", "knowledge_heads", gt=0)
+        check_range(self, "train -> model", "domain_adapter_rank", ge=0)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "ModelConfig":
-        return from_dict(cls, data, "train -> model")
+    def from_dict(cls, data: dict[str, Any] | None, where: str = "train -> model") -> "ModelConfig":
+        return from_dict(cls, data, where)
 
 
 @dataclass(frozen=True)
@@ -60,19 +57,15 @@ class AdapterConfig:
     def __post_init__(self) -> None:
         if self.method not in PEFT_METHODS:
             raise ConfigError(f"[train -> peft -> method] unknown method {self.method!r}; expected one of {', '.join(PEFT_METHODS)}")
-        for name in ("r", "alpha", "num_virtual_tokens", "adalora_target_r"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"[train -> peft -> {name}] must be > 0, got {getattr(self, name)}")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"[train -> peft -> dropout] must be in [0, 1), got {self.dropout}")
-        if self.loraplus_lr_ratio < 1:
-            raise ConfigError(f"[train -> peft -> loraplus_lr_ratio] must be >= 1, got {self.loraplus_lr_ratio}")
+        check_range(self, "train -> peft", "r", "alpha", "num_virtual_tokens", "adalora_target_r", gt=0)
+        check_range(self, "train -> peft", "dropout", ge=0, lt=1)
+        check_range(self, "train -> peft", "loraplus_lr_ratio", ge=1)
         if self.loraplus_lr_ratio != 1 and self.method not in ("lora", "adalora"):
             raise ConfigError(f"[train -> peft -> loraplus_lr_ratio] applies to lora/adalora, not {self.method!r}")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "AdapterConfig":
-        return from_dict(cls, data, "train -> peft")
+    def from_dict(cls, data: dict[str, Any] | None, where: str = "train -> peft") -> "AdapterConfig":
+        return from_dict(cls, data, where)
 
 
 @dataclass(frozen=True)
@@ -93,19 +86,12 @@ class StageConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "gradient_accumulation", "log_every"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"[train -> stage -> {name}] must be > 0, got {getattr(self, name)}")
-        for name in ("learning_rate", "dpo_beta", "max_grad_norm"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"[train -> stage -> {name}] must be > 0, got {getattr(self, name)}")
-        if self.warmup_steps < 0 or self.checkpoint_every < 0 or self.knowledge_loss_weight < 0:
-            raise ConfigError("[train -> stage -> warmup_steps/checkpoint_every/knowledge_loss_weight] must be >= 0")
-        if self.loss_weighting not in LOSS_WEIGHTINGS:
-            raise ConfigError(f"[train -> stage -> loss_weighting] expected one of {', '.join(LOSS_WEIGHTINGS)}, "
-                              f"got {self.loss_weighting!r}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"[train -> stage -> precision] expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        where = "train -> stage"
+        check_range(self, where, "max_steps", "batch_size", "gradient_accumulation", "log_every", "learning_rate",
+                    "dpo_beta", "max_grad_norm", gt=0)
+        check_range(self, where, "warmup_steps", "checkpoint_every", "knowledge_loss_weight", ge=0)
+        check_choice(self, where, "loss_weighting", LOSS_WEIGHTINGS)
+        check_choice(self, where, "precision", PRECISIONS)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "train -> stage",
@@ -136,18 +122,13 @@ class TrainConfig:
     stage3: StageConfig = field(default_factory=lambda: STAGE_DEFAULTS["stage3"])
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "TrainConfig":
-        data = dict(data or {})
-        known = ("model", "peft", "stage1", "stage2", "stage3")
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ConfigError(f"[train] unknown key(s) {unknown}: expected some of {list(known)}")
-        for key in known:
-            if data.get(key) is not None and not isinstance(data[key], dict):
-                raise ConfigError(f"[train -> {key}] expected a mapping, got {type(data[key]).__name__}")
-        return cls(model=ModelConfig.from_dict(data.get("model")), peft=AdapterConfig.from_dict(data.get("peft")),
-                   **{s: StageConfig.from_dict(data.get(s), f"train -> {s}", STAGE_DEFAULTS[s])
-                      for s in ("stage1", "stage2", "stage3")})
+    def from_dict(cls, data: dict[str, Any] | None, where: str = "train") -> "TrainConfig":
+        data = dict(data or {}) if isinstance(data, dict) else data
+        if isinstance(data, dict):  # each stage's own defaults under what the mapping gives
+            for stage in ("stage1", "stage2", "stage3"):
+                if stage in data and (data[stage] is None or isinstance(data[stage], dict)):
+                    data[stage] = StageConfig.from_dict(data[stage], location(where, stage), STAGE_DEFAULTS[stage])
+        return from_dict(cls, data, where)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

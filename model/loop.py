@@ -74,12 +74,12 @@ def save_loop_checkpoint(directory: Path, model: nn.Module, optimizer, scheduler
     """Written to a sibling and renamed, so an interrupted save leaves the previous checkpoint."""
     from safetensors.torch import save_file
 
-    from kg.training import _flatten_optimizer
+    from kg.training import flatten_optimizer
 
     tmp = directory.with_name(directory.name + ".saving")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    opt_tensors, opt_scalars = _flatten_optimizer(optimizer)
+    opt_tensors, opt_scalars = flatten_optimizer(optimizer)
     tensors = {f"param.{k}": v for k, v in trainable_state(model).items()}
     tensors.update({k: v.cpu() for k, v in opt_tensors.items()})
     tensors["rng.cpu"] = torch.get_rng_state()
@@ -97,7 +97,7 @@ def load_loop_checkpoint(directory: Path, model: nn.Module, optimizer, scheduler
     stage config, model config, inputs); None otherwise (a stale checkpoint is ignored, with a log line)."""
     from safetensors.torch import load_file
 
-    from kg.training import _unflatten_optimizer
+    from kg.training import unflatten_optimizer
 
     if not (directory / STEP_FILE).exists():
         return None
@@ -111,7 +111,7 @@ def load_loop_checkpoint(directory: Path, model: nn.Module, optimizer, scheduler
         for k, v in tensors.items():
             if k.startswith("param."):
                 params[k[len("param."):]].copy_(v)
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, scalars["optimizer"]))
+    optimizer.load_state_dict(unflatten_optimizer(tensors, scalars["optimizer"]))
     scheduler.load_state_dict(scalars["scheduler"])
     torch.set_rng_state(tensors["rng.cpu"])
     log.info("%s: resuming at step %d", directory, scalars["step"])

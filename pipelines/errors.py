@@ -24,8 +24,8 @@ class DumpParseError(KaloraError):
         super().__init__(f"{where}: {reason}")
 
 
-class ConfigError(KaloraError):
-    """A configuration value is invalid; the message names its location."""
+class ConfigError(InputError):
+    """A configuration value is invalid; the message names its location (``[embed -> num_epochs]``)."""
 
 
 class ArtifactError(KaloraError):

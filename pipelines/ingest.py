@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.artifacts import ArtifactLayout, Timer, input_digest, read_manifest, record_stage
+from pipelines.config import check_range
 from pipelines.errors import DumpParseError, InputError
 from pipelines.readers import check_readable
 from pipelines.tables import KGBuilder
@@ -53,10 +54,8 @@ class IngestOptions:
             elif value is not None:
                 value = tuple(value)
             object.__setattr__(self, name, value)
-        if self.workers is not None and self.workers < 1:
-            raise InputError(f"workers: expected a positive number, got {self.workers}")
-        if not self.chunk_mb > 0:
-            raise InputError(f"chunk_mb: expected a positive size in MiB, got {self.chunk_mb}")
+        check_range(self, "ingest", "workers", gt=0, nullable=True)
+        check_range(self, "ingest", "chunk_mb", gt=0)
         if self.header is not None and not isinstance(self.header, bool):
             raise InputError(f"[ingest -> header] expected true, false or null (detect), got {self.header!r}")
         if not isinstance(self.undirected, bool):

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from pipelines import schema
 from pipelines.artifacts import ArtifactLayout, Timer, atomic_write_json, file_sha256, record_stage, staged_dir
+from pipelines.config import check_range
 from pipelines.errors import ConfigError, DumpParseError, InputError
 
 log = logging.getLogger(__name__)
@@ -46,10 +47,8 @@ class ShardConfig:
     seed: int = 13
 
     def __post_init__(self) -> None:
-        if self.rows_per_part <= 0 or self.row_group_size <= 0:
-            raise ConfigError("[shards -> rows_per_part/row_group_size] must be > 0")
-        if not 0 <= self.question_fraction <= 1:
-            raise ConfigError(f"[shards -> question_fraction] must be in [0, 1], got {self.question_fraction}")
+        check_range(self, "shards", "rows_per_part", "row_group_size", gt=0)
+        check_range(self, "shards", "question_fraction", ge=0, le=1)
 
 
 # -- templates --------------------------------------------------------------------------------
@@ -271,59 +270,74 @@ def append_user_preferences(cols: dict[str, list], rows: Iterable[dict[str, str]
 
 
 # -- the stage --------------------------------------------------------------------------------
-def build_shards(layout: ArtifactLayout, *, nlp=None, corpus: Path | None = None, preferences: list[Path] = (),
-                 model: str = "transe", config: ShardConfig = ShardConfig(), progress: bool = False) -> dict[str, Any]:
-    from kg.embeddings import load_entity_vectors
-    from kg.splits import read_splits
-    from linking.build import load_linker
-    from linking.index import load_entity_index
+@dataclass(frozen=True)
+class ShardInputs:
+    """The upstream artifacts the shards stage reads besides the KG tables, loaded by its caller
+    (the flow's shards task, ``kalora shards``): ``pipelines`` sits below ``kg`` and ``linking`` and
+    does not import them."""
 
+    splits: dict[str, np.ndarray]   # train/valid/test index triples (kg.splits.read_splits)
+    vectors: np.ndarray             # entity vectors, row i = entity index i
+    embedding_version: str          # of ``vectors``; the index must have been built from the same
+    index: Any                      # the FAISS entity index: ``search(vectors, k)`` and ``meta``
+    nlp: Any                        # the saved spaCy pipeline with ``kg_linker``
+
+
+def _kg_labels(layout: ArtifactLayout, config: ShardConfig) -> dict[str, Any]:
+    """Entity labels, first types and relation ids by index (0: padding), templates, id → index."""
+    ents = pq.read_table(layout.require(layout.entities, "ingest"), columns=["entity_id", "label", "description", "types"])
+    rels = pq.read_table(layout.relations)
+    rel_ids = rels.column("relation_id").to_pylist()
+    templates = load_templates(config.templates, dict(zip(rel_ids, rels.column("label").to_pylist())))
+    templates[""] = {"statement": "", "question": ""}
+    return {"ents": ents, "labels": [""] + ents.column("label").to_pylist(),
+            "types": [""] + [(t or [""])[0] for t in ents.column("types").to_pylist()],
+            "rel_ids": [""] + rel_ids, "templates": templates,
+            "index_of": dict(zip(ents.column("entity_id").to_pylist(), range(1, ents.num_rows + 1)))}
+
+
+def _corpus(ents: pa.Table, corpus: Path | None) -> tuple[list[str], list[str], list, list]:
+    if corpus is not None:
+        return read_corpus(Path(corpus))
+    desc = ents.column("description").to_pylist()  # the KG's own descriptions (HPO: term definitions)
+    ids = ents.column("entity_id").to_pylist()
+    texts = [d for d in desc if d]
+    return texts, [i for i, d in zip(ids, desc) if d], [None] * len(texts), [None] * len(texts)
+
+
+def build_shards(layout: ArtifactLayout, inputs: ShardInputs, *, corpus: Path | None = None,
+                 preferences: list[Path] = (), model: str = "transe", config: ShardConfig = ShardConfig(),
+                 progress: bool = False) -> dict[str, Any]:
+    if inputs.index.meta.get("embedding_version") != inputs.embedding_version:
+        raise InputError(f"{layout.index} was built from embedding {inputs.index.meta.get('embedding_version')} "
+                         f"but {layout.embeddings(model)} holds {inputs.embedding_version}: re-run `kalora index`")
     with Timer() as timer:
-        ents = pq.read_table(layout.require(layout.entities, "ingest"), columns=["entity_id", "label", "description", "types"])
-        rels = pq.read_table(layout.relations)
-        labels = [""] + ents.column("label").to_pylist()
-        types = [""] + [(t or [""])[0] for t in ents.column("types").to_pylist()]
-        rel_ids = [""] + rels.column("relation_id").to_pylist()
-        templates = load_templates(config.templates, dict(zip(rels.column("relation_id").to_pylist(), rels.column("label").to_pylist())))
-        templates[""] = {"statement": "", "question": ""}
-        splits = read_splits(layout)
-        vectors, meta = load_entity_vectors(layout, model)
-        index = load_entity_index(layout)
-        if index.meta.get("embedding_version") != meta["embedding_version"]:
-            raise InputError(f"{layout.index} was built from embedding {index.meta.get('embedding_version')} "
-                             f"but {layout.embeddings(model)} holds {meta['embedding_version']}: re-run `kalora index`")
-        nlp = nlp or load_linker(layout)
-        index_of = dict(zip(ents.column("entity_id").to_pylist(), range(1, ents.num_rows + 1)))
-        if corpus is not None:
-            texts, doc_ids, targets, tlabels = read_corpus(Path(corpus))
-        else:  # the KG's own descriptions (HPO: term definitions) are the corpus
-            desc = ents.column("description").to_pylist()
-            ids = ents.column("entity_id").to_pylist()
-            texts = [d for d in desc if d]
-            doc_ids = [i for i, d in zip(ids, desc) if d]
-            targets, tlabels = [None] * len(texts), [None] * len(texts)
-        counts: dict[str, Any] = {}
+        kg = _kg_labels(layout, config)
+        labels, splits = kg["labels"], inputs.splits
+        texts, doc_ids, targets, tlabels = _corpus(kg["ents"], corpus)
         with staged_dir(layout.shards) as tmp:
-            know = knowledge_rows(splits, labels, rel_ids, templates, config)
+            know = knowledge_rows(splits, labels, kg["rel_ids"], kg["templates"], config)
             parts = {"knowledge": write_parts(know, tmp / "knowledge", schema.KNOWLEDGE_SHARD, config)}
-            joint, unlinked = joint_rows(nlp, texts, doc_ids, targets, tlabels, index_of, config, progress)
+            joint, unlinked = joint_rows(inputs.nlp, texts, doc_ids, targets, tlabels, kg["index_of"], config, progress)
             parts["joint"] = write_parts(joint, tmp / "joint", schema.JOINT_SHARD, config)
-            align, astats = kg_preference_rows(splits["test"], np.concatenate(list(splits.values())), labels, types,
-                                               rel_ids, templates, index, vectors, config)
+            align, astats = kg_preference_rows(splits["test"], np.concatenate(list(splits.values())), labels,
+                                               kg["types"], kg["rel_ids"], kg["templates"], inputs.index,
+                                               inputs.vectors, config)
             user = sum(append_user_preferences(align, read_preferences(Path(p)), config) for p in preferences)
             parts["alignment"] = write_parts(align, tmp / "alignment", schema.ALIGNMENT_SHARD, config)
             counts = {"knowledge_rows": len(know["text"]), "joint_docs": len(joint["text"]),
                       "joint_docs_unlinked": unlinked, "joint_spans": sum(len(s) for s in joint["spans"]),
                       "alignment_pairs": len(align["prompt"]), "alignment_user_pairs": user,
                       "alignment_no_negative_found": astats["no_negative_found"]}
-            manifest = {"schema_version": SHARD_SCHEMA_VERSION, "embedding_version": meta["embedding_version"],
+            manifest = {"schema_version": SHARD_SCHEMA_VERSION, "embedding_version": inputs.embedding_version,
                         "embedding_model": model, "num_entities": len(labels) - 1,
                         "entity_vectors": str(layout.embeddings(model) / "entities.npy"),
                         "sets": {name: {"parts": p, "rows": sum(x["rows"] for x in p)} for name, p in parts.items()},
                         "counts": counts, "config": asdict(config)}
             atomic_write_json(tmp / "manifest.json", manifest)
-    inputs = {"corpus": file_sha256(Path(corpus)) if corpus else "kg-descriptions",
-              **{str(p): file_sha256(Path(p)) for p in preferences}}
+    digests = {"corpus": file_sha256(Path(corpus)) if corpus else "kg-descriptions",
+               **{str(p): file_sha256(Path(p)) for p in preferences}}
     log.info("shards: %s", counts)
-    return record_stage(layout, "shards", inputs=inputs, parameters=asdict(config), outputs={"shards": str(layout.shards),
-                        "embedding_version": meta["embedding_version"]}, counts=counts, wall_time_s=timer.seconds)
+    return record_stage(layout, "shards", inputs=digests, parameters=asdict(config), outputs={
+        "shards": str(layout.shards), "embedding_version": inputs.embedding_version}, counts=counts,
+        wall_time_s=timer.seconds)

@@ -36,6 +36,7 @@ def tiny_build(tmp_path_factory, tiny_sources):
     from linking.index import build_entity_index
     from pipelines.artifacts import ArtifactLayout
     from pipelines.ingest import ingest
+    from flows.stages import shard_inputs
     from pipelines.shards import ShardConfig, build_shards
 
     layout = ArtifactLayout(tmp_path_factory.mktemp("artifacts"), "tiny")
@@ -44,7 +45,7 @@ def tiny_build(tmp_path_factory, tiny_sources):
                      progress=False)
     build_entity_index(layout)
     build_linker(layout)
-    build_shards(layout, config=ShardConfig(rows_per_part=7, row_group_size=3, question_fraction=1.0))
+    build_shards(layout, shard_inputs(layout, "transe"), config=ShardConfig(rows_per_part=7, row_group_size=3, question_fraction=1.0))
     return layout
 
 

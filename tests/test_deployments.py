@@ -73,12 +73,12 @@ def test_deployments_check_catches_a_bad_parameter(prefect_yaml):
 
 def test_deployments_hpo_parameters_validate_as_a_build_config(prefect_yaml):
     """The HPO deployment's parameters pass the flow's own validation (files exist, formats known)."""
-    from flows.config import resolve_build_config
+    from flows.config import resolve
 
     params = dict(prefect_yaml["deployments"][0]["parameters"])
     for key in ("dask", "publish"):
         params.pop(key)
-    cfg = resolve_build_config(None, **params)
+    cfg = resolve(None, params)
     assert cfg.name == "hpo" and [p.name for p in cfg.source_paths()] == ["hp.obo", "phenotype.hpoa",
                                                                             "genes_to_phenotype.txt"]
 

@@ -9,11 +9,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_readme_build_config_example_is_valid():
-    from flows.config import build_config_from_dict
+    from flows.config import BuildConfig
 
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"A build config for `kalora run`.*?```yaml\n(.*?)```", readme, re.S).group(1)
-    cfg = build_config_from_dict(yaml.safe_load(block), "README")
+    cfg = BuildConfig.from_dict(yaml.safe_load(block), "README")
     assert cfg.embed.model == "complex" and cfg.embed.regularizer_weight == 0.1
     assert cfg.ingest.root_term == "HP:0000478"
 

@@ -156,11 +156,13 @@ def test_flows_url_source_is_fetched_then_cached(tmp_path, data_dir):
     root = tmp_path / "artifacts"
     sources = [(data_dir / "tiny.obo").as_uri(), str(data_dir / "tiny.hpoa")]
     from flows.build import ingest_flow
+    from flows.config import resolve
 
-    entry = ingest_flow(name="tiny", root=str(root), sources=sources)
+    cfg = resolve(None, {"name": "tiny", "root": str(root), "sources": sources})
+    entry = ingest_flow(cfg)
     assert not entry["cached"] and entry["counts"]["entities"] > 5
     assert (root / "tiny" / "downloads" / "tiny.obo").read_bytes() == (data_dir / "tiny.obo").read_bytes()
-    assert ingest_flow(name="tiny", root=str(root), sources=sources)["cached"]
+    assert ingest_flow(cfg)["cached"]
 
 
 def test_flows_retry_transient_errors_only(monkeypatch):
@@ -252,11 +254,12 @@ def test_flows_dask_link_corpus_fans_out_on_a_local_cluster(tmp_path, tiny_build
 
 def test_flows_dask_ingest_fan_out_matches_the_thread_pool(tmp_path, data_dir, dask_cluster_opts):
     from flows.build import ingest_flow, task_runner
+    from flows.config import resolve
 
     sources = [str(data_dir / f) for f in ("tiny.obo", "tiny.hpoa", "tiny_genes_to_phenotype.txt")]
     a = ingest_flow.with_options(task_runner=task_runner(dask_cluster_opts))(
-        name="a", root=str(tmp_path), sources=sources)
-    b = ingest_flow(name="b", root=str(tmp_path), sources=sources)
+        resolve(None, {"name": "a", "root": str(tmp_path), "sources": sources}))
+    b = ingest_flow(resolve(None, {"name": "b", "root": str(tmp_path), "sources": sources}))
     assert a["counts"] == b["counts"]
     ma, mb = (json.loads((tmp_path / n / "manifest.json").read_text())["stages"]["ingest"]["cache"] for n in "ab")
     assert ma == mb, "same source digests and key whichever runner hashed them"

@@ -83,7 +83,9 @@ def test_user_preferences_are_merged(tiny_build, tmp_path):
     shutil.copytree(tiny_build.base, layout.base, dirs_exist_ok=True)
     prefs = tmp_path / "prefs.jsonl"
     prefs.write_text('{"prompt": "Is the sky green?", "chosen": " No.", "rejected": " Yes."}\n')
-    entry = build_shards(layout, preferences=[prefs], config=ShardConfig())
+    from flows.stages import shard_inputs
+
+    entry = build_shards(layout, shard_inputs(layout, "transe"), preferences=[prefs], config=ShardConfig())
     assert entry["counts"]["alignment_user_pairs"] == 1
     rows = pq.read_table(layout.shards / "alignment").to_pylist()
     assert [r["source"] for r in rows].count("user") == 1
