@@ -76,7 +76,7 @@ def index_task(cfg: BuildConfig, layout: ArtifactLayout) -> dict[str, Any]:
 def linker_task(cfg: BuildConfig, layout: ArtifactLayout) -> dict[str, Any]:
     from linking.build import build_linker
 
-    return build_linker(layout, cfg.embed.model)
+    return build_linker(layout, cfg.embed.model, cfg.linker)
 
 
 @task(name="linker-recall", cache_policy=NO_CACHE, **RETRIES)
@@ -220,7 +220,7 @@ def forced_stages(force: list[str] | None) -> set[str]:
 def build_kg(config: str | BuildConfig | None = None, name: str | None = None, root: str | None = None,
              sources: list[str] | None = None, format: str | None = None,
              ingest: dict[str, Any] | None = None, embed: dict[str, Any] | None = None,
-             shards: dict[str, Any] | None = None, corpus: str | None = None,
+             linker: dict[str, Any] | None = None, shards: dict[str, Any] | None = None, corpus: str | None = None,
              preferences: list[str] | None = None, model: dict[str, Any] | None = None,
              stage1: dict[str, Any] | None = None, dask: DaskOptions | None = None,
              force: list[str] | None = None, publish: bool = True) -> dict[str, Any]:
@@ -230,7 +230,7 @@ def build_kg(config: str | BuildConfig | None = None, name: str | None = None, r
     ``sources`` are paths or URLs; ``force`` lists stages to re-run even when cached ("all" for
     every one); ``dask`` runs the fan-out on Dask. Everything is validated before the first stage."""
     overrides = {"name": name, "root": artifact_root(root), "sources": sources, "format": format, "ingest": ingest,
-                 "embed": embed, "shards": shards, "corpus": corpus, "preferences": preferences, "model": model,
+                 "embed": embed, "linker": linker, "shards": shards, "corpus": corpus, "preferences": preferences, "model": model,
                  "stage1": stage1}
     if isinstance(config, BuildConfig):
         given = sorted(k for k, v in overrides.items() if v is not None and k != "root")

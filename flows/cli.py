@@ -80,8 +80,10 @@ def cmd_index(args) -> dict:
 
 def cmd_linker(args) -> dict:
     from linking.build import build_linker
+    from linking.config import LinkerConfig
 
-    return build_linker(_layout(args), args.model)
+    config = LinkerConfig.from_dict(_config_section(args.config, "linker"), "linker")
+    return build_linker(_layout(args), args.model, config)
 
 
 def cmd_link(args) -> None:
@@ -233,6 +235,7 @@ def _linking_parsers(sub) -> None:
 
     sp = _stage(sub, "linker", "build and save the spaCy pipeline with kg_linker", cmd_linker)
     sp.add_argument("--model", default=MODELS[0], choices=MODELS)
+    sp.add_argument("--config", help="YAML with LinkerConfig fields (or a 'linker:' section)")
     sp = _stage(sub, "link", "link text (JSONL to stdout)", cmd_link)
     sp.add_argument("text", nargs="?")
     sp.add_argument("--input", help="a file with one text per line")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kg.config import EmbeddingConfig
+from linking.config import LinkerConfig
 from model.config import ModelConfig, StageConfig
 from pipelines.config import from_dict, section_names
 from pipelines.errors import ConfigError, InputError
@@ -30,6 +31,7 @@ class BuildConfig:
     format: str | None = None             # None: detected per file
     ingest: IngestOptions = field(default_factory=IngestOptions)
     embed: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    linker: LinkerConfig = field(default_factory=LinkerConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
     corpus: str | None = None             # None: the KG's own descriptions
     preferences: tuple[str, ...] = ()

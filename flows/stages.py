@@ -61,7 +61,7 @@ SPECS: dict[str, StageSpec] = {
     "linker": StageSpec(
         "linker", ("linking",), lambda cfg: "linker",
         lambda cfg, lay: {"entities": lay.entities, "aliases": lay.aliases, "vectors": _vectors(cfg, lay)},
-        lambda cfg: {"model": cfg.embed.model},
+        lambda cfg: {"model": cfg.embed.model, "linker": cfg.linker.to_dict()},
         lambda cfg, lay: [lay.linker]),
     "linker_eval": StageSpec(
         "linker_eval", ("linking", "flows"), lambda cfg: "eval:linker",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import InitVar, asdict, dataclass, field, fields
 from typing import Any
 
-from kg.config import from_dict
+from pipelines.config import from_dict
 from linking.disambiguation import DisambiguationWeights
 from linking.encoder import EncoderConfig
 from linking.names import PoolSize

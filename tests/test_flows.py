@@ -274,3 +274,17 @@ def test_flows_dask_options_are_validated():
     with pytest.raises(Exception, match="extra"):
         task_runner({"adress": "tcp://x:8786"})
     assert type(task_runner({"address": "tcp://127.0.0.1:8786"})).__name__ == "DaskTaskRunner"
+
+
+def test_flows_build_config_linker_section_reaches_the_linker_stage():
+    from flows.config import BuildConfig
+    from flows.stages import SPECS
+    from pipelines.errors import ConfigError
+
+    cfg = BuildConfig.from_dict({"linker": {"top_k": 3, "encoder": {"epochs": 7}}})
+    assert cfg.linker.top_k == 3 and cfg.linker.encoder.epochs == 7
+    parameters = SPECS["linker"].parameters(cfg)
+    assert parameters["linker"]["top_k"] == 3  # part of the stage's cache key
+    assert parameters != SPECS["linker"].parameters(BuildConfig.from_dict({}))
+    with pytest.raises(ConfigError, match=r"\[linker -> top_k\] must be > 0"):
+        BuildConfig.from_dict({"linker": {"top_k": 0}})
