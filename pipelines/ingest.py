@@ -169,11 +169,12 @@ def _auto_workers(pairs: list[tuple[Path, str]], chunk_bytes: int) -> int:
 
 
 def ingest(sources: list[str | Path], fmt: str | None, layout: ArtifactLayout,
-           options: IngestOptions = IngestOptions()) -> dict[str, Any]:
+           options: IngestOptions = IngestOptions(), executor: Any = None) -> dict[str, Any]:
     """Parse ``sources`` into the canonical tables under ``layout.kg``; return the manifest entry.
 
     Wikidata dumps on their own take the parallel, bounded-memory, resumable path
-    (:mod:`pipelines.wikidata_stream`); everything else is collected in memory by a KGBuilder.
+    (:mod:`pipelines.wikidata_stream`), whose chunks run on ``executor`` (a ``distributed.Client``)
+    when given; everything else is collected in memory by a KGBuilder.
     An unchanged ingest (same input content hashes and options, ``kg/`` present) is skipped unless
     ``options.force``.
     """
@@ -200,7 +201,8 @@ def ingest(sources: list[str | Path], fmt: str | None, layout: ArtifactLayout,
             settings = StreamSettings(workers=options.workers or _auto_workers(pairs, chunk_bytes),
                                       chunk_bytes=chunk_bytes)
             counts = ingest_wikidata([p for p, _ in pairs], layout.kg, options.wikidata(), settings,
-                                     quarantine_dir=layout.base / "quarantine", work_dir=layout.base / ".work" / "ingest")
+                                     quarantine_dir=layout.base / "quarantine", work_dir=layout.base / ".work" / "ingest",
+                                     executor=executor)
             per_file = counts.pop("per_file")
         else:
             if (options.literals or options.qualifiers) and any(f == "wikidata" for _, f in pairs):
