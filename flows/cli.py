@@ -58,6 +58,11 @@ def cmd_ingest(args) -> dict:
                             properties=args.properties, exclude_properties=args.exclude_properties or (),
                             classes=args.classes, literals=args.literals, qualifiers=args.qualifiers,
                             workers=args.workers, chunk_mb=args.chunk_mb, force=args.force)
+    if args.dask:
+        from pipelines.wikidata_stream import dask_client
+
+        with dask_client(args.dask) as client:
+            return ingest(sources, args.format, _layout(args), options, executor=client)
     return ingest(sources, args.format, _layout(args), options)
 
 
@@ -197,6 +202,8 @@ def _parser() -> argparse.ArgumentParser:
     wd.add_argument("--workers", type=int, help="parallel parser processes (default: one per core, at most 8)")
     wd.add_argument("--chunk-mb", type=float, default=32.0,
                     help="chunk size in MiB of uncompressed dump; a chunk is the unit of parallel work and of checkpoints")
+    wd.add_argument("--dask", metavar="ADDRESS", help="parse the chunks on the Dask cluster whose scheduler is at ADDRESS "
+                    "(tcp://host:8786); its workers must see plain dumps at the same path")
     sp.add_argument("--force", action="store_true", help="re-ingest even if the inputs and options are unchanged")
     sp.set_defaults(func=cmd_ingest)
 

@@ -57,24 +57,31 @@ class MalformedLine(Exception):
 
 
 # -- one entity line → its rows -------------------------------------------------------------------
-class ClaimRows(NamedTuple):
-    """What an entity's claims yield: rows keyed by the entity's ``row``, and what was left out."""
+# Rows are plain tuples (the per-entity cost matters at dump scale):
+#   entity:    (entity_id, label, description, types, prior)
+#   alias:     (row, alias, alias_norm, kind, lang)
+#   triple:    (row, relation, tail)
+#   literal:   (row, property, datatype, value, lang)
+#   qualifier: (row, relation, value, qualifier_property, qualifier_value)
+# ``row`` is the entity's position in its block.
+CLAIM_TALLIES = ("claims_no_value", "claims_deprecated", "claims_literal_skipped", "claims_filtered_property")
+ALIAS_TALLIES = ("dropped_alias_empty", "dropped_alias_normalises_to_nothing")
 
-    triples: list[tuple[int, str, str]]                 # (row, relation, tail)
-    literals: list[tuple[int, str, str | None, str, str | None]]  # (row, property, datatype, value, lang)
-    qualifiers: list[tuple[int, str, str, str, str]]    # (row, relation, value, qualifier property, value)
-    no_value: int = 0
-    deprecated: int = 0
-    literal_skipped: int = 0
-    filtered_property: int = 0
+
+class ClaimRows(NamedTuple):
+    """What an entity's claims yield, and how many claims were left out (``CLAIM_TALLIES``)."""
+
+    triples: list[tuple]
+    literals: list[tuple]
+    qualifiers: list[tuple]
+    tallies: tuple[int, int, int, int]
 
 
 class EntityRows(NamedTuple):
-    entity: tuple[str, str, str | None, list[str], float]  # (entity_id, label, description, types, prior)
-    aliases: list[tuple[int, str, str, str, str]]          # (row, alias, alias_norm, kind, lang)
+    entity: tuple
+    aliases: list[tuple]
+    alias_tallies: tuple[int, int]  # ALIAS_TALLIES
     claims: ClaimRows
-    alias_empty: int
-    alias_normalises_to_nothing: int
     property_label: str | None  # the label of a property entity (its id when it has none), else None
 
 
@@ -125,9 +132,9 @@ def entity_types(claims: dict) -> list[str]:
     return types
 
 
-def alias_rows(row: int, labels: dict, aliases: dict, languages: tuple[str, ...]) -> tuple[list, int, int]:
-    """(rows, empty, normalising to nothing): the label and synonyms of each language, each name
-    once per kind; names blank after stripping or whose normal form is empty are counted, not kept."""
+def alias_rows(row: int, labels: dict, aliases: dict, languages: tuple[str, ...]) -> tuple[list, tuple[int, int]]:
+    """(rows, ``ALIAS_TALLIES``): the label and synonyms of each language, each name once per kind;
+    names blank after stripping or whose normal form is empty are counted, not kept."""
     rows, n_empty, n_nothing = [], 0, 0
     for lang in languages:
         names = [("label", labels[lang]["value"])] if lang in labels else []
@@ -146,7 +153,7 @@ def alias_rows(row: int, labels: dict, aliases: dict, languages: tuple[str, ...]
                 n_nothing += 1
                 continue
             rows.append((row, text, norm, kind, lang))
-    return rows, n_empty, n_nothing
+    return rows, (n_empty, n_nothing)
 
 
 def claim_rows(row: int, claims: dict, options: WikidataOptions) -> ClaimRows:
@@ -190,7 +197,7 @@ def claim_rows(row: int, claims: dict, options: WikidataOptions) -> ClaimRows:
                         qtext = snak_text(qsnak)
                         if qtext is not None:
                             qualifiers.append((row, prop, text, qprop, qtext))
-    return ClaimRows(triples, literals, qualifiers, n_no_value, n_deprecated, n_lit_skipped, n_filtered)
+    return ClaimRows(triples, literals, qualifiers, (n_no_value, n_deprecated, n_lit_skipped, n_filtered))
 
 
 def extract_entity(doc: dict, row: int, options: WikidataOptions) -> EntityRows | None:
@@ -207,8 +214,8 @@ def extract_entity(doc: dict, row: int, options: WikidataOptions) -> EntityRows 
     description = first_lang(doc.get("descriptions") or {}, options.languages)
     entity = (eid, label or eid, description, sorted(set(types)) if len(types) > 1 else types,
               float(len(doc.get("sitelinks") or ())))
-    aliases, n_empty, n_nothing = alias_rows(row, labels, doc.get("aliases") or {}, options.languages)
-    return EntityRows(entity, aliases, claim_rows(row, claims, options), n_empty, n_nothing,
+    aliases, alias_tallies = alias_rows(row, labels, doc.get("aliases") or {}, options.languages)
+    return EntityRows(entity, aliases, alias_tallies, claim_rows(row, claims, options),
                       (label or eid) if is_property else None)
 
 
@@ -239,26 +246,21 @@ class Records:
         self.bad: list[tuple[int, bytes]] = []
         self.counts: Counter = Counter()
         self.lines = 0
-        # per-entity tallies, folded into ``counts`` by :meth:`finish` (cheaper than a Counter per entity)
-        self._tally = [0] * 7
+        self._claim_tallies: list[tuple[int, ...]] = []  # summed by finish(): cheaper than counting per entity
+        self._alias_tallies: list[tuple[int, ...]] = []
 
     def add(self, rows: EntityRows) -> None:
-        self.entities.append(rows.entity)
-        self.aliases += rows.aliases
-        c = rows.claims
-        self.triples += c.triples
-        self.literals += c.literals
-        self.qualifiers += c.qualifiers
-        if rows.property_label is not None:
-            self.relations[rows.entity[0]] = rows.property_label
-        t = self._tally
-        t[0] += c.no_value
-        t[1] += c.deprecated
-        t[2] += c.literal_skipped
-        t[3] += c.filtered_property
-        t[4] += rows.alias_empty
-        t[5] += rows.alias_normalises_to_nothing
-        t[6] += rows.property_label is not None
+        entity, aliases, alias_tallies, (triples, literals, qualifiers, claim_tallies), property_label = rows
+        self.entities.append(entity)
+        self.aliases += aliases
+        self.triples += triples
+        self.literals += literals
+        self.qualifiers += qualifiers
+        self._claim_tallies.append(claim_tallies)
+        self._alias_tallies.append(alias_tallies)
+        if property_label is not None:
+            self.relations[entity[0]] = property_label
+            self.counts["properties"] += 1
 
     def columns(self, table: str) -> dict[str, list]:
         """``table``'s rows as columns (empty lists when it has none)."""
@@ -271,17 +273,19 @@ class Records:
         self.lines = lines
         for rel in {t[1] for t in self.triples}:
             self.relations.setdefault(rel, None)
-        keys = ("claims_no_value", "claims_deprecated", "claims_literal_skipped", "claims_filtered_property",
-                "dropped_alias_empty", "dropped_alias_normalises_to_nothing", "properties")
         totals = {"entities": len(self.entities), "claims": len(self.triples), "literals": len(self.literals),
-                  "qualifiers": len(self.qualifiers), **dict(zip(keys, self._tally))}
+                  "qualifiers": len(self.qualifiers)}
+        for keys, tallies in ((CLAIM_TALLIES, self._claim_tallies), (ALIAS_TALLIES, self._alias_tallies)):
+            if tallies:
+                totals.update(zip(keys, map(sum, zip(*tallies))))
         self.counts.update({k: n for k, n in totals.items() if n})
         return self
 
 
 @contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    # parsed documents hold no reference cycles: the cyclic collector would only burn time
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector: parsed documents and rows hold no reference cycles, and
+    the collector would otherwise traverse every row tuple of a block, more than once."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -301,7 +305,7 @@ def extract_lines(data, options: WikidataOptions, begin: int = 0, end: int | Non
     """
     out = Records()
     lines = DumpLines(data, begin, end)
-    with _gc_paused():
+    with gc_paused():
         for lineno, line in lines:
             try:
                 doc = parse_entity(line)

@@ -33,7 +33,7 @@ from typing import Any
 from pipelines.artifacts import atomic_write_json
 from pipelines.errors import DumpParseError, InputError
 from pipelines.readers import check_readable, compression, count_lines_before, iter_blocks, line_range
-from pipelines.wikidata import MalformedLine, Records, WikidataOptions, extract_lines
+from pipelines.wikidata import MalformedLine, Records, WikidataOptions, extract_lines, gc_paused
 from pipelines.wikidata_chunks import chunk_name, chunk_tables, file_index, ipc_bytes, publish_chunk, read_meta
 from pipelines.wikidata_merge import ChunkSummary, merge_chunks
 
@@ -107,18 +107,22 @@ def parse_chunk(job: dict[str, Any]) -> tuple[Records | None, dict[str, Any]]:
 def run_chunk(job: dict[str, Any]) -> dict[str, Any]:
     """Parse one chunk and publish its checkpoint under ``job['out']``; return its metadata.
     Runs inline or in a local worker process (which sees the driver's work directory)."""
-    records, meta = parse_chunk(job)
-    if records is not None:
-        publish_chunk(Path(job["out"]), chunk_tables(records), meta)
+    with gc_paused():
+        records, meta = parse_chunk(job)
+        if records is not None:
+            publish_chunk(Path(job["out"]), chunk_tables(records), meta)
+            del records  # freed while the collector is paused
     return meta
 
 
 def run_chunk_remote(job: dict[str, Any]) -> dict[str, Any]:
     """Parse one chunk on a worker that may be another machine: its files come back as bytes
     (``meta["files"]``) for the driver to publish."""
-    records, meta = parse_chunk(job)
-    if records is not None:
-        meta["files"] = {name: ipc_bytes(t) for name, t in chunk_tables(records).items()}
+    with gc_paused():
+        records, meta = parse_chunk(job)
+        if records is not None:
+            meta["files"] = {name: ipc_bytes(t) for name, t in chunk_tables(records).items()}
+            del records
     return meta
 
 
@@ -261,6 +265,19 @@ def _run_pool(pool: Executor, slots: int, task: Callable[[dict], dict], jobs: It
 # -- a cluster: any Executor, or a distributed.Client ---------------------------------------------
 _SHARED_HINT = ("every worker must see the dump at the same path (shared storage mounted alike on every "
                 "machine), or give a .gz/.bz2 dump, whose blocks the driver sends to the workers")
+
+
+def dask_client(address: str, timeout: float = 30):
+    """A ``distributed.Client`` connected to the scheduler at ``address`` (a context manager), or
+    an :class:`InputError` saying what is missing or unreachable."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise InputError("a Dask cluster needs the distributed package: pip install 'kalora-kg[dask]'") from None
+    try:
+        return Client(address, timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise InputError(f"cannot reach the Dask scheduler at {address} ({exc})") from None
 
 
 def _probe(sources: list[tuple[str, int]]) -> list[str]:
