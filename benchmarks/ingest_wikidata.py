@@ -15,6 +15,10 @@ Before each arm the dump is read once (untimed) so every arm finds it in the pag
   chunking, parsing, extraction (labels, descriptions, aliases for ``en``, P31/P279 types,
   entity-valued claims, sitelink prior), checkpoint files, the merge and the Parquet tables, input
   hashing and the manifest;
+- with ``--dask-workers N``: the same ingest with its chunks as tasks on a Dask cluster of N worker
+  processes (1 thread each) on 127.0.0.1, started once before the repeats (a standing cluster, as
+  a user's would be); the merge runs in the arm's process. CPU and peak RSS of this arm cover the
+  arm's process only, not the cluster's workers;
 - qwikidata: ``WikidataJsonDump`` iteration with the same extraction through its entity/claim
   objects, kept in lists (it writes no files, so this flatters it).
 
@@ -29,6 +33,7 @@ Memory: peak RSS of the ingest process tree (main + workers, sampled every 50 ms
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -56,13 +61,15 @@ print(n, time.perf_counter() - t)
 """
 
 OURS = """
-import sys, time, json, logging
+import contextlib, sys, time, json, logging
 from pathlib import Path
 from pipelines.artifacts import ArtifactLayout
 from pipelines.ingest import IngestOptions, ingest
+from pipelines.wikidata_stream import dask_client
 t = time.perf_counter()
-entry = ingest([sys.argv[1]], "wikidata", ArtifactLayout(Path(sys.argv[2]), "wd"),
-               IngestOptions(workers=int(sys.argv[3]), force=True))
+with (dask_client(sys.argv[4]) if len(sys.argv) > 4 else contextlib.nullcontext()) as client:
+    entry = ingest([sys.argv[1]], "wikidata", ArtifactLayout(Path(sys.argv[2]), "wd"),
+                   IngestOptions(workers=int(sys.argv[3]), force=True), executor=client)
 print(entry["counts"]["entities"], time.perf_counter() - t)
 print(json.dumps({k: v for k, v in entry["counts"].items() if k != "per_file"}), file=sys.stderr)
 """
@@ -128,6 +135,36 @@ def run_arm(code: str, *args: str) -> tuple[int, float, int, float]:
     return int(n), float(seconds), peak, children_cpu() - cpu0  # waited-for workers count as children
 
 
+@contextlib.contextmanager
+def dask_cluster(n_workers: int, home: Path):
+    """``dask scheduler`` + ``dask worker --nworkers N --nthreads 1`` on 127.0.0.1; yields the address."""
+    if not n_workers:
+        yield None
+        return
+    dask = str(Path(sys.executable).with_name("dask"))
+    info = home / "scheduler.json"
+    info.unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                               "--scheduler-file", str(info)], env=env, stderr=subprocess.DEVNULL)]
+    try:
+        while not info.exists():
+            time.sleep(0.2)
+        procs.append(subprocess.Popen([dask, "worker", "--scheduler-file", str(info), "--nworkers", str(n_workers),
+                                       "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1",
+                                       "--memory-limit", "0"], env=env, stderr=subprocess.DEVNULL))
+        from distributed import Client
+
+        address = json.loads(info.read_text())["address"]
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(n_workers, timeout=120)
+        yield address
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
 def warm(path: Path) -> None:
     """Read the dump once so every arm finds it in the page cache (the first arm would pay the disk)."""
     with open(path, "rb") as fh:
@@ -156,6 +193,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-qwikidata", action="store_true")
+    p.add_argument("--no-floor", action="store_true")
+    p.add_argument("--dask-workers", type=int, default=0, help="also run on a Dask cluster of this many workers")
     p.add_argument("--dump-dir", type=Path, default=Path(tempfile.gettempdir()) / "kalora-wd-bench")
     args = p.parse_args()
     args.dump_dir.mkdir(parents=True, exist_ok=True)
@@ -172,14 +211,19 @@ def main() -> None:
         print(f"  {name}: {n:,} entities in {seconds:.1f}s = {n / seconds:,.0f}/s, {cpu:.1f} CPU s, "
               f"peak RSS {peak / 2**20:,.0f} MiB", file=sys.stderr, flush=True)
 
-    with tempfile.TemporaryDirectory(dir=args.dump_dir) as out:
+    with tempfile.TemporaryDirectory(dir=args.dump_dir) as out, dask_cluster(args.dask_workers, Path(out)) as address:
         for rep in range(args.repeats):
             print(f"repeat {rep + 1}/{args.repeats}", file=sys.stderr, flush=True)
-            warm(dump)
-            record("floor: orjson.loads per line", *run_arm(FLOOR, str(dump)))
+            if not args.no_floor:
+                warm(dump)
+                record("floor: orjson.loads per line", *run_arm(FLOOR, str(dump)))
             for w in args.workers:
                 warm(dump)
                 record(f"kalora-kg, {w} worker{'s' if w > 1 else ''}", *run_arm(OURS, str(dump), out, str(w)))
+            if address:
+                warm(dump)
+                record(f"kalora-kg, Dask cluster of {args.dask_workers} workers",
+                       *run_arm(OURS, str(dump), out, "1", address))
             if not args.no_qwikidata:
                 warm(dump)
                 record("qwikidata WikidataJsonDump + same extraction", *run_arm(QWIKIDATA, str(dump)))
@@ -195,20 +239,23 @@ def main() -> None:
                 memory.append((f"{w} worker{'s' if w > 1 else ''}", small_peak, big_peak))
 
     floor_name, qwik_name = "floor: orjson.loads per line", "qwikidata WikidataJsonDump + same extraction"
+    one_name = "kalora-kg, 1 worker"
 
     def paired(name: str, ref: str) -> str:  # median over repeats of (arm / reference in the same repeat)
-        return f"{statistics.median(a / b for a, b in zip(rates[name], rates[ref])):.2f}"
+        if ref not in rates:
+            return "-"
+        return f"{statistics.median(a / b for a, b in zip(rates[name], rates[ref])):.2f}x"
 
     print(f"<!-- $ {shlex.join([os.path.relpath(sys.executable), *sys.argv])} -->")
     print(f"<!-- {args.entities:,} entities, {dump.stat().st_size / 1e9:.2f} GB plain JSON, {args.repeats} repeats, "
           f"{os.cpu_count()} cores -->\n")
-    print("| arm | entities/s (median) | runs | vs floor (paired) | vs qwikidata (paired) | CPU ms/entity (median) |")
-    print("|---|---:|---|---:|---:|---:|")
+    print("| arm | entities/s (median) | runs | vs floor (paired) | vs 1 worker (paired) | vs qwikidata (paired) "
+          "| CPU ms/entity (median) |")
+    print("|---|---:|---|---:|---:|---:|---:|")
     for name, values in rates.items():
         runs = ", ".join(f"{v:,.0f}" for v in values)
-        vs_q = f"{paired(name, qwik_name)}x" if qwik_name in rates else "-"
-        print(f"| {name} | {statistics.median(values):,.0f} | {runs} | {paired(name, floor_name)} | {vs_q} | "
-              f"{statistics.median(cpus[name]):.3f} |")
+        print(f"| {name} | {statistics.median(values):,.0f} | {runs} | {paired(name, floor_name)} | "
+              f"{paired(name, one_name)} | {paired(name, qwik_name)} | {statistics.median(cpus[name]):.3f} |")
     if memory:
         print(f"\n| workers | peak RSS, 1x ({args.entities:,}) | peak RSS, {args.scale}x ({args.entities * args.scale:,}) | ratio |")
         print("|---|---:|---:|---:|")

@@ -53,9 +53,14 @@ def prepare_source(source: str, local: Path) -> tuple[str, str]:
 
 @task(name="ingest", cache_policy=NO_CACHE, **RETRIES)
 def ingest_task(cfg: BuildConfig, layout: ArtifactLayout) -> dict[str, Any]:
+    from prefect.context import FlowRunContext
+
     from pipelines.ingest import ingest
 
-    return ingest(cfg.source_paths(), cfg.format, layout, cfg.ingest)
+    # on a DaskTaskRunner, the chunks of a Wikidata dump are tasks on the same cluster
+    runner = getattr(FlowRunContext.get(), "task_runner", None)
+    client = runner.client if type(runner).__name__ == "DaskTaskRunner" else None
+    return ingest(cfg.source_paths(), cfg.format, layout, cfg.ingest, executor=client)
 
 
 @task(name="embed", cache_policy=NO_CACHE, **RETRIES)

@@ -54,7 +54,13 @@ def cmd_ingest(args) -> dict:
                             properties=args.properties, exclude_properties=args.exclude_properties or (),
                             classes=args.classes, literals=args.literals, qualifiers=args.qualifiers,
                             workers=args.workers, chunk_mb=args.chunk_mb, force=args.force)
-    entry = ingest(sources, args.format, _layout(args), options)
+    if args.dask:
+        from pipelines.wikidata_stream import dask_client
+
+        with dask_client(args.dask) as client:
+            entry = ingest(sources, args.format, _layout(args), options, executor=client)
+    else:
+        entry = ingest(sources, args.format, _layout(args), options)
     from flows.report import print_summary
 
     print_summary({"ingest": entry}, stderr=True)  # stdout stays the JSON scripts read
@@ -216,6 +222,8 @@ def _ingest_parser(sub) -> None:
     wd.add_argument("--workers", type=int, help="parallel parser processes (default: one per core, at most 8)")
     wd.add_argument("--chunk-mb", type=float, default=32.0,
                     help="chunk size in MiB of uncompressed dump; a chunk is the unit of parallel work and of checkpoints")
+    wd.add_argument("--dask", metavar="ADDRESS", help="parse the chunks on the Dask cluster whose scheduler is at ADDRESS "
+                    "(tcp://host:8786); its workers must see plain dumps at the same path")
     sp.add_argument("--force", action="store_true", help="re-ingest even if the inputs and options are unchanged")
 
 

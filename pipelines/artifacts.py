@@ -115,6 +115,31 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def fsync_dir(path: Path) -> None:
+    """Make the entries of directory ``path`` (files created or renamed in it) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: Path) -> None:
+    """Flush ``path`` to disk before it is published by a rename: the file itself, or every file
+    and directory under it (``path`` included), so that a crash after the rename cannot leave a
+    published name pointing at data still in the page cache."""
+    path = Path(path)
+    if not path.is_dir():
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+        return
+    for dirpath, _, filenames in os.walk(path, topdown=False):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(Path(dirpath))
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
@@ -304,18 +329,3 @@ class Timer:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self._start
-
-
-# -- durability (stand-in: engineer B1 is adding the project's fsync helpers here; keep theirs) --
-def fsync_tree(path: Path) -> None:
-    """Flush every file under ``path`` (and the directories themselves) to disk, so that the rename
-    that publishes ``path`` can never expose data still only in the page cache."""
-    for dirpath, _, filenames in os.walk(path, topdown=False):
-        for name in filenames:
-            with open(os.path.join(dirpath, name), "rb") as fh:
-                os.fsync(fh.fileno())
-        fd = os.open(dirpath, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -222,13 +222,14 @@ def _auto_workers(pairs: list[tuple[Path, str]], chunk_bytes: int) -> int:
 
 
 def ingest(sources: list[str | Path], fmt: str | None, layout: ArtifactLayout,
-           options: IngestOptions = IngestOptions()) -> dict[str, Any]:
+           options: IngestOptions = IngestOptions(), executor: Any = None) -> dict[str, Any]:
     """Parse ``sources`` into the canonical tables under ``layout.kg``; return the manifest entry.
 
     Wikidata dumps on their own take the parallel, bounded-memory, resumable path
-    (:mod:`pipelines.wikidata_stream`); everything else goes through a KGBuilder, which keeps
-    triples on disk in sorted runs. Every reader's dropped and skipped rows are summed by reason
-    into the stage counts (and so into the manifest and the summary table).
+    (:mod:`pipelines.wikidata_stream`), whose chunks run on ``executor`` (a ``distributed.Client``)
+    when given; everything else goes through a KGBuilder, which keeps triples on disk in sorted
+    runs. Every reader's dropped and skipped rows are summed by reason into the stage counts (and
+    so into the manifest and the summary table).
     An unchanged ingest (same input content hashes and options, ``kg/`` present) is skipped unless
     ``options.force``.
     """
@@ -252,7 +253,8 @@ def ingest(sources: list[str | Path], fmt: str | None, layout: ArtifactLayout,
             settings = StreamSettings(workers=options.workers or _auto_workers(pairs, chunk_bytes),
                                       chunk_bytes=chunk_bytes)
             counts = ingest_wikidata([p for p, _ in pairs], layout.kg, options.wikidata(), settings,
-                                     quarantine_dir=layout.base / "quarantine", work_dir=layout.base / ".work" / "ingest")
+                                     quarantine_dir=layout.base / "quarantine", work_dir=layout.base / ".work" / "ingest",
+                                     executor=executor)
             per_file = counts.pop("per_file")
         else:
             counts, per_file = _read_with_builder(pairs, layout, options)
