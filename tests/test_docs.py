@@ -16,6 +16,7 @@ def test_readme_build_config_example_is_valid():
     cfg = BuildConfig.from_dict(yaml.safe_load(block), "README")
     assert cfg.embed.model == "complex" and cfg.embed.regularizer_weight == 0.1
     assert cfg.ingest.root_term == "HP:0000478"
+    assert cfg.embed.split.valid_fraction == 0.05 and cfg.embed.split.k_core == 0
 
 
 def test_readme_lightning_example_is_a_valid_embedding_config():
