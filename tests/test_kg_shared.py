@@ -107,3 +107,15 @@ def test_embed_stage_writes_baseline_and_per_relation(tiny_build, tmp_path):
     assert sum(v["count"] for v in meta["per_relation"].values()) == meta["evaluated_triples"]
     assert entry["metrics"]["baseline"]["per_relation"].keys() == meta["per_relation"].keys()
     assert saved["dim"] == 8 and saved["complex_layout"] == "real_imag_concat"
+
+
+def test_summary_shows_baseline_ratio_and_warns_under_two():
+    from flows.report import summary_rows
+
+    metrics = {"mrr": 0.05, "hits_at_10": 0.1, "baseline": {"mrr": 0.04}, "baseline_ratio": 1.25,
+               "per_relation": {"is_a": {"mrr": 0.2, "count": 3}, "has_phenotype": {"mrr": 0.01, "count": 7}}}
+    (_, _, shown, _), = summary_rows({"embed": {"metrics": metrics, "wall_time_s": 1.0}})
+    assert "baseline_mrr=0.040, ratio=1.25" in shown and "WARNING: under 2x" in shown
+    assert "is_a=0.200 (n=3)" in shown and "has_phenotype=0.010 (n=7)" in shown
+    (_, _, shown, _), = summary_rows({"embed": {"metrics": {**metrics, "baseline_ratio": 4.0}, "wall_time_s": 1.0}})
+    assert "ratio=4.00" in shown and "WARNING" not in shown
