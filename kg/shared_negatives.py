@@ -43,6 +43,16 @@ class BilinearModel(torch.nn.Module):
         self.num_relations = num_relations  # original relations; 2× are stored (reciprocals)
         self.entity = torch.nn.Parameter(torch.randn(num_entities, width, generator=gen) * init_scale)
         self.relation = torch.nn.Parameter(torch.randn(2 * num_relations, width, generator=gen) * init_scale)
+        self.bias: torch.nn.Parameter | None = None  # (2R, N) slot bias, see use_slot_bias
+
+    def use_slot_bias(self, index: "QueryIndex") -> None:
+        """Add a learned bias per (relation, tail entity), started at log(1 + how often the entity
+        fills that slot in train): the model starts from the popularity baseline and its vectors
+        only have to learn what counting cannot."""
+        counts = np.zeros((2 * self.num_relations, self.num_entities), dtype=np.float32)
+        rel_of_tail = np.repeat(index.relations, np.diff(index.offsets))
+        np.add.at(counts, (rel_of_tail, index.tails), 1.0)
+        self.bias = torch.nn.Parameter(torch.as_tensor(np.log1p(counts)))
 
     def query(self, heads: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:
         h, r = F.embedding(heads, self.entity), F.embedding(relations, self.relation)
@@ -60,11 +70,13 @@ class BilinearModel(torch.nn.Module):
 
     def predict_t(self, hr: torch.Tensor) -> torch.Tensor:
         """Scores of every entity as the tail of (head, relation) rows (0-based original relations)."""
-        return self.query(hr[:, 0], hr[:, 1]) @ self.entity.T
+        scores = self.query(hr[:, 0], hr[:, 1]) @ self.entity.T
+        return scores if self.bias is None else scores + self.bias[hr[:, 1]]
 
     def predict_h(self, rt: torch.Tensor) -> torch.Tensor:
         """Scores of every entity as the head of (relation, tail) rows, through the reciprocal relation."""
-        return self.query(rt[:, 1], rt[:, 0] + self.num_relations) @ self.entity.T
+        scores = self.query(rt[:, 1], rt[:, 0] + self.num_relations) @ self.entity.T
+        return scores if self.bias is None else scores + self.bias[rt[:, 0] + self.num_relations]
 
 
 class QueryIndex:
@@ -137,6 +149,8 @@ def batch_loss(model: BilinearModel, index: QueryIndex, queries: np.ndarray, con
     q = model.query(heads, rels)
     cand = torch.as_tensor(candidates)
     neg = q @ F.embedding(cand, model.entity).T - torch.as_tensor(log_q, dtype=q.dtype)
+    if model.bias is not None:
+        neg = neg + model.bias.index_select(1, cand)[rels]
     column = np.full(index.num_entities, -1, dtype=np.int64)
     column[candidates] = np.arange(len(candidates))
     hit = column[tails] >= 0  # true tails that were drawn as candidates are not negatives
@@ -144,6 +158,8 @@ def batch_loss(model: BilinearModel, index: QueryIndex, queries: np.ndarray, con
                         torch.tensor(float("-inf")))
     rows_t, tails_t = torch.as_tensor(rows), torch.as_tensor(tails)
     pos = (F.embedding(rows_t, q) * F.embedding(tails_t, model.entity)).sum(1)
+    if model.bias is not None:
+        pos = pos + model.bias[rels[rows_t], tails_t]
     # per query, the negatives' log-sum-exp once; per true tail, softmax over itself + negatives
     loss = (torch.logaddexp(pos, torch.logsumexp(neg, dim=1)[rows_t]) - pos).mean()
     if config.regularizer_weight > 0:
@@ -203,6 +219,8 @@ def train_shared(config: EmbeddingConfig, train: np.ndarray, num_entities: int, 
                           "available: lower batch_size, num_negatives or embedding_dim, or set force: true")
     model = BilinearModel(num_entities, num_relations, config.embedding_dim, config.model, config.init_scale,
                           config.seed)
+    if config.slot_bias:
+        model.use_slot_bias(index)
     optimizer = make_optimizer(config, model)
     state = TrainingState()
     restored = load_checkpoint(checkpoint_dir, model, optimizer, config) if checkpoint_dir is not None else None

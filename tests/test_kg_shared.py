@@ -119,3 +119,30 @@ def test_summary_shows_baseline_ratio_and_warns_under_two():
     assert "is_a=0.200 (n=3)" in shown and "has_phenotype=0.010 (n=7)" in shown
     (_, _, shown, _), = summary_rows({"embed": {"metrics": {**metrics, "baseline_ratio": 4.0}, "wall_time_s": 1.0}})
     assert "ratio=4.00" in shown and "WARNING" not in shown
+
+
+def test_slot_bias_starts_from_the_popularity_baseline():
+    """With zero vectors the model's scores are log(1 + slot count): exactly the baseline's ranking."""
+    from kg.shared_negatives import BilinearModel, QueryIndex
+
+    train, test = _graph(2)
+    known = np.concatenate([train, test])
+    model = BilinearModel(60, 2, 4, "complex", 0.1, 0)
+    model.use_slot_bias(QueryIndex(train, 60, 2))
+    with torch.no_grad():
+        model.entity.zero_()
+    ours = filtered_rank_metrics(model, test, known, 2)
+    base = filtered_rank_metrics(PopularityBaseline(train, 60, 2), test, known, 2)
+    assert ours["mrr"] == pytest.approx(base["mrr"]) and ours["mrr_head"] == pytest.approx(base["mrr_head"])
+
+
+def test_slot_bias_trains_and_resumes(tmp_path):
+    from kg.shared_negatives import train_shared
+
+    train, _ = _graph(3)
+    cfg = EmbeddingConfig(embedding_dim=4, num_epochs=3, batch_size=8, num_negatives=16, slot_bias=True)
+    a, state, _ = train_shared(cfg, train, 60, 2, None, progress=False)
+    assert a.bias is not None and state.losses[-1] < state.losses[0]
+    train_shared(cfg, train, 60, 2, tmp_path / "c", progress=False, stop_after_epochs=1)
+    b, _, _ = train_shared(cfg, train, 60, 2, tmp_path / "c", progress=False)
+    torch.testing.assert_close(a.bias, b.bias)
