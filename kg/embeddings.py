@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -200,18 +201,21 @@ def train_embeddings(layout: ArtifactLayout, config: EmbeddingConfig | None = No
     checkpoint_dir = layout.base / "checkpoints" / f"embed-{config.model}"
     log.info("training %s (dim %d, %s) on %d triples, %d entities, up to %d epochs", config.model,
              config.embedding_dim, config.training_loop, len(splits["train"]), len(entities.ids), config.num_epochs)
+    cpu_start = time.process_time()
     with Timer() as train_timer:
         model, state, run = _train(config, splits, len(entities.ids), len(relations.ids), checkpoint_dir,
                                    progress, stop_after_epochs)
     if not run["finished"]:
         raise TrainingInterrupted(f"stopped after epoch {state.epoch} of {config.num_epochs}; "
                                   f"run again to resume from {checkpoint_dir}")
+    cpu_train = time.process_time() - cpu_start
     evaluation = _evaluate(model, config, splits, list(relations.ids))
     metrics = {
         **evaluation, "engine": config.engine, "optimizer_steps": run.get("steps"), "epochs": state.epoch,
         "best_epoch": state.best_epoch or state.epoch, "best_valid_mrr": state.best_mrr if state.best_mrr >= 0 else None,
         "stopped_early": state.stopped_early, "batch_size": run["batch_size"],
         "memory_estimate_bytes": run["estimated_bytes"], "train_seconds": round(train_timer.seconds, 2),
+        "train_cpu_seconds": round(cpu_train, 2), "stage_cpu_seconds": round(time.process_time() - cpu_start, 2),
         "losses": state.losses, "validation": state.validation,
     }
     out_dir = layout.embeddings(config.model)
