@@ -75,7 +75,12 @@ def cmd_embed(args) -> dict:
     data["model"] = args.model or data.get("model", "transe")
     if args.epochs is not None:
         data["num_epochs"] = args.epochs
-    return train_embeddings(_layout(args), EmbeddingConfig.from_dict(data, "embed"))
+    entry = train_embeddings(_layout(args), EmbeddingConfig.from_dict(data, "embed"))
+    from flows.report import embedding_vs_baseline
+
+    m = entry["metrics"]
+    print(f"embed: MRR={m['mrr']:.3f}, Hits@10={m['hits_at_10']:.3f}{embedding_vs_baseline(m)}", file=sys.stderr)
+    return entry
 
 
 def cmd_index(args) -> dict:

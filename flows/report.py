@@ -20,6 +20,8 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str
             shown += "\n" + ", ".join(lost)
         m = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()
                       if k in ("mrr", "hits_at_10", "alias_recall_at_1", "alias_recall_at_10") and v is not None)
+        if isinstance(metrics.get("baseline"), dict):
+            m += embedding_vs_baseline(metrics)
         if stage == "train":
             m = f"knowledge_loss {metrics['first']['knowledge_loss']:.3f}→{metrics['last']['knowledge_loss']:.3f}"
         wall = entry.get("wall_time_s")
@@ -31,6 +33,18 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str
 def _not_kept(key: str) -> bool:
     """Rows a reader dropped or skipped, or merged into an identical one."""
     return key.startswith(("dropped_", "skipped_", "merged_"))
+
+
+def embedding_vs_baseline(metrics: dict[str, Any]) -> str:
+    """Baseline MRR, ratio (with a plain warning under 2×) and MRR per relation of an embed entry."""
+    ratio = metrics.get("baseline_ratio")
+    out = f", baseline_mrr={metrics['baseline']['mrr']:.3f}, ratio={ratio:.2f}" if ratio is not None else ""
+    if ratio is not None and ratio < 2:
+        out += " (WARNING: under 2x the popularity baseline: the embedding learned little)"
+    per = metrics.get("per_relation") or {}
+    if per:
+        out += "; per relation MRR: " + ", ".join(f"{k}={v['mrr']:.3f} (n={v['count']})" for k, v in per.items())
+    return out
 
 
 def artifact_key(name: str, what: str) -> str:

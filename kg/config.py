@@ -8,43 +8,52 @@ from typing import Any
 
 from kg.splits import SplitConfig
 from pipelines.config import check_choice, check_range, from_dict
+from pipelines.errors import ConfigError
 
-MODELS = ("transe", "complex")
+MODELS = ("transe", "complex", "distmult")
 LOSSES = ("marginranking", "softplus", "bcewithlogits", "nssa", "crossentropy")
-LOOPS = ("lcwa", "slcwa")
+LOOPS = ("lcwa", "slcwa", "shared")
 ENGINES = ("pykeen", "lightning")
 OPTIMIZERS = ("adam", "adagrad")
 
 
 @dataclass(frozen=True)
 class EmbeddingConfig:
-    """One PyKEEN training run.
+    """One embedding training run. The defaults are the recipe for graphs of ~10k to ~1M entities
+    (the HPO demo: 36,853 entities, 509k triples), chosen by measurement (BENCHMARKS.md, issue 14).
 
-    ``lcwa`` scores every entity for each (head, relation) — with reciprocal relations this is the
-    1-N training that reaches published quality on small and medium graphs; ``slcwa`` samples
-    ``num_negs_per_pos`` negatives per triple and scales to graphs whose entity count makes 1-N
-    scoring too large.
+    ``shared`` (kg.shared_negatives) scores each batch of (head, relation) queries against one set
+    of ``num_negatives`` candidates — half drawn uniformly, half from the relation's observed range —
+    with one matrix product: the cost per epoch grows with triples × candidates, not with entities.
+    ``lcwa`` (PyKEEN) scores every entity for each (head, relation) — with reciprocal relations this
+    is the 1-N training that reaches published quality on small graphs (``model: complex`` or
+    ``model: transe`` select those tuned configs); ``slcwa`` (PyKEEN) samples ``num_negs_per_pos``
+    negatives per triple.
     """
 
-    model: str = "transe"
+    model: str = "complex"             # complex | distmult (shared loop) | transe (PyKEEN loops)
     embedding_dim: int = 64            # ComplEx: the rank; stored vectors have 2 × rank floats
-    num_epochs: int = 5
-    batch_size: int | None = 4096      # None: the largest power of two within the memory budget
-    training_loop: str = "slcwa"
-    inverse_triples: bool = False      # reciprocal relations (recommended with lcwa)
-    loss: str | None = None            # None: the model's PyKEEN default
+    num_epochs: int = 4
+    batch_size: int | None = 1024      # shared: queries per batch; None: automatic (PyKEEN loops)
+    training_loop: str = "shared"
+    inverse_triples: bool = True       # reciprocal relations (the shared loop always uses them)
+    loss: str | None = None            # None: the model's PyKEEN default (PyKEEN loops)
     optimizer: str = "adam"
-    learning_rate: float = 0.01
+    learning_rate: float = 0.03
     num_negs_per_pos: int = 4          # slcwa only
+    num_negatives: int = 2048          # shared: candidates shared by each batch of queries
+    type_negative_fraction: float = 0.5  # shared: share of candidates drawn from the relation's range
+    init_scale: float = 0.01           # shared: std of the normal initialisation
+    slot_bias: bool = False            # shared: learned (relation, tail) bias started at log(1 + slot count)
     regularizer_weight: float = 0.0    # Lp regulariser on entity and relation vectors (0 disables)
     regularizer_p: float = 3.0         # 3: N3 (Lacroix et al. 2018); 2: squared L2
     label_smoothing: float = 0.0
     scoring_norm: int = 1              # TransE: the Lp norm of h + r - t
-    eval_every: int = 0                # validate every N epochs for early stopping (0: never)
+    eval_every: int = 0                # validate every N epochs for early stopping (0: never; PyKEEN loops)
     patience: int = 3                  # validations without improvement before stopping
     valid_max_triples: int | None = 1000
-    eval_max_triples: int | None = 2000  # test on a seeded sample of the test split (None: all)
-    eval_batch_size: int = 64
+    eval_max_triples: int | None = 5000  # test on a seeded sample of the test split (None: all)
+    eval_batch_size: int = 256
     checkpoint_every: int = 1          # epochs between resumable checkpoints (0: never)
     engine: str = "pykeen"             # "lightning": PyKEEN's PyTorch Lightning module on `devices`
     devices: int = 1                   # lightning only: devices per node
@@ -68,6 +77,16 @@ class EmbeddingConfig:
         check_range(self, where, "batch_size", "eval_max_triples", "valid_max_triples", gt=0, nullable=True)
         check_range(self, where, "memory_fraction", gt=0, le=1)
         check_range(self, where, "label_smoothing", ge=0, lt=1)
+        check_range(self, where, "type_negative_fraction", ge=0, le=1)
+        check_range(self, where, "num_negatives", "init_scale", gt=0)
+        if self.model == "distmult" and self.training_loop != "shared":
+            raise _bad(self, "model", "distmult is trained by the shared-negative loop only (training_loop: shared)")
+        if self.training_loop == "shared" and self.model == "transe":
+            raise _bad(self, "model", "the shared-negative loop trains complex or distmult")
+        if self.training_loop == "shared" and (self.engine != "pykeen" or self.eval_every):
+            raise _bad(self, "engine" if self.engine != "pykeen" else "eval_every",
+                       "the shared-negative loop runs in one process without validation (engine: pykeen, eval_every: 0); "
+                       "for several processes use engine: lightning with training_loop: slcwa or lcwa")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "embed") -> "EmbeddingConfig":
@@ -83,8 +102,9 @@ class EmbeddingConfig:
 
 @dataclass(frozen=True)
 class OneToNConfig(EmbeddingConfig):
-    """The tuned recipe both models share: reciprocal relations, 1-N scoring with cross-entropy,
-    Adagrad, early stopping on validation MRR (Lacroix et al. 2018, applied through PyKEEN)."""
+    """The tuned recipe for small graphs (UMLS, Kinships, Nations): reciprocal relations, 1-N scoring
+    with cross-entropy, Adagrad, early stopping on validation MRR (Lacroix et al. 2018, through
+    PyKEEN). At HPO size one epoch costs ~110 s: use the default (shared) recipe there."""
 
     embedding_dim: int = 200
     num_epochs: int = 200
@@ -96,6 +116,8 @@ class OneToNConfig(EmbeddingConfig):
     learning_rate: float = 0.5
     eval_every: int = 10
     patience: int = 3
+    eval_max_triples: int | None = 2000
+    eval_batch_size: int = 64
 
 
 @dataclass(frozen=True)
@@ -116,3 +138,20 @@ class ComplExConfig(OneToNConfig):
 
 
 MODEL_CONFIGS: dict[str, type[EmbeddingConfig]] = {"transe": TransEConfig, "complex": ComplExConfig}
+
+
+def _bad(config: EmbeddingConfig, name: str, expected: str) -> ConfigError:
+    return ConfigError(f"[embed -> {name}] {expected}, got {getattr(config, name)!r}")
+
+SMALL_GRAPH_ENTITIES = 5_000  # up to here 1-N ComplEx (every entity scored per query) is affordable
+
+
+def default_config(num_entities: int | None = None) -> EmbeddingConfig:
+    """The measured default for a graph of ``num_entities``: 1-N ComplEx-N3 for small graphs (UMLS,
+    Kinships, Nations: ≤ 135 entities), the shared-negative recipe (``EmbeddingConfig()``) above
+    ``SMALL_GRAPH_ENTITIES``, where scoring every entity per query costs too much."""
+    if num_entities is not None and num_entities <= SMALL_GRAPH_ENTITIES:
+        return ComplExConfig()
+    return EmbeddingConfig()
+
+

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from kg.config import EmbeddingConfig, TransEConfig
-from kg.evaluate import filtered_rank_metrics
+from kg.config import EmbeddingConfig, default_config
+from kg.evaluate import filtered_rank_metrics, with_baseline
 from kg.ids import IdMap, load_entity_map, load_relation_map, mapped_triples
 from kg.splits import SplitConfig, k_core_triples, read_splits, split_triples, write_splits
 from kg.stats import graph_stats
@@ -115,64 +116,66 @@ def _sample(arr: torch.Tensor, limit: int | None, seed: int) -> torch.Tensor:
     return arr[np.sort(np.random.default_rng(seed).choice(len(arr), limit, replace=False))]
 
 
-def train_embeddings(layout: ArtifactLayout, config: EmbeddingConfig | None = None, *, progress: bool = True,
-                     stop_after_epochs: int | None = None) -> dict[str, Any]:
-    """Train (early stopping, resumable), evaluate (filtered MRR, Hits@k) and export one embedding
-    model; return the manifest entry. ``stop_after_epochs`` simulates an interruption (tests)."""
+def _train(config: EmbeddingConfig, splits: dict[str, np.ndarray], num_entities: int, num_relations: int,
+           checkpoint_dir: Path, progress: bool, stop_after_epochs: int | None):
+    """(model, training state, run info) for the configured loop and engine."""
     from pykeen.triples import CoreTriplesFactory
 
-    config = config or TransEConfig()
-    entities, relations = load_entity_map(layout), load_relation_map(layout)
-    splits = ensure_splits(layout, config.split)
-    train = _to_pykeen(splits["train"])
-    factory = CoreTriplesFactory(train, num_entities=len(entities.ids), num_relations=len(relations.ids),
-                                 create_inverse_triples=config.inverse_triples)
-    test, valid = _to_pykeen(splits["test"]), _to_pykeen(splits["valid"])
-    known = torch.cat([train, valid, test]).numpy()
-    checkpoint_dir = layout.base / "checkpoints" / f"embed-{config.model}"
-    log.info("training %s (dim %d, %s) on %d triples, %d entities, up to %d epochs", config.model,
-             config.embedding_dim, config.training_loop, len(train), len(entities.ids), config.num_epochs)
-    with Timer() as train_timer:
-        if config.engine == "lightning":
-            from kg.distributed import train_with_lightning
-            from kg.training import TrainingState
+    train, valid, test = (_to_pykeen(splits[k]) for k in ("train", "valid", "test"))
+    if config.training_loop == "shared":
+        from kg.shared_negatives import train_shared
 
-            model, steps = train_with_lightning(config, factory, valid, test)
-            state = TrainingState(epoch=config.num_epochs)
-            run = {"finished": True, "batch_size": config.batch_size, "estimated_bytes": None, "steps": steps}
-        else:
-            model, state, run = train_model(config, factory, valid.numpy(), known, len(relations.ids), checkpoint_dir,
-                                            progress=progress, stop_after_epochs=stop_after_epochs)
-    if not run["finished"]:
-        raise TrainingInterrupted(f"stopped after epoch {state.epoch} of {config.num_epochs}; "
-                                  f"run again to resume from {checkpoint_dir}")
-    test_eval = _sample(test, config.eval_max_triples, config.seed)
+        return train_shared(config, train.numpy(), num_entities, num_relations, checkpoint_dir, progress=progress,
+                            stop_after_epochs=stop_after_epochs)
+    factory = CoreTriplesFactory(train, num_entities=num_entities, num_relations=num_relations,
+                                 create_inverse_triples=config.inverse_triples)
+    if config.engine == "lightning":
+        from kg.distributed import train_with_lightning
+        from kg.training import TrainingState
+
+        model, steps = train_with_lightning(config, factory, valid, test)
+        run = {"finished": True, "batch_size": config.batch_size, "estimated_bytes": None, "steps": steps}
+        return model, TrainingState(epoch=config.num_epochs), run
+    known = torch.cat([train, valid, test]).numpy()
+    return train_model(config, factory, valid.numpy(), known, num_relations, checkpoint_dir,
+                       progress=progress, stop_after_epochs=stop_after_epochs)
+
+
+def _evaluate(model, config: EmbeddingConfig, splits: dict[str, np.ndarray], labels: list[str]) -> dict[str, Any]:
+    """Filtered MRR / Hits@k of the model and of the popularity baseline on the same seeded sample
+    of the test split, overall, per side and per relation."""
+    train, valid, test = (_to_pykeen(splits[k]) for k in ("train", "valid", "test"))
+    known = torch.cat([train, valid, test]).numpy()
+    test_eval = _sample(test, config.eval_max_triples, config.seed).numpy()
     with Timer() as eval_timer:
-        ranking = filtered_rank_metrics(model, test_eval.numpy(), known, len(relations.ids),
-                                        batch_size=config.eval_batch_size)
-    metrics = {
-        **ranking,
-        "evaluated_triples": int(len(test_eval)),
-        "test_triples": int(len(test)),
-        "engine": config.engine,
-        "optimizer_steps": run.get("steps"),
-        "epochs": state.epoch,
-        "best_epoch": state.best_epoch or state.epoch,
-        "best_valid_mrr": state.best_mrr if state.best_mrr >= 0 else None,
-        "stopped_early": state.stopped_early,
-        "batch_size": run["batch_size"],
-        "memory_estimate_bytes": run["estimated_bytes"],
-        "train_seconds": round(train_timer.seconds, 2),
-        "eval_seconds": round(eval_timer.seconds, 2),
-        "losses": state.losses,
-        "validation": state.validation,
-    }
+        ranking = filtered_rank_metrics(model, test_eval, known, len(labels), batch_size=config.eval_batch_size,
+                                        relation_labels=labels)
+    with Timer() as baseline_timer:
+        ranking = with_baseline(ranking, train.numpy(), test_eval, known, len(labels), labels,
+                                batch_size=config.eval_batch_size)
+    if ranking["baseline_ratio"] is not None and ranking["baseline_ratio"] < 2:
+        log.warning("the embedding's MRR %.3f is only %.2f× the popularity baseline's %.3f: it has learned little "
+                    "beyond how often each entity fills each relation", ranking["mrr"], ranking["baseline_ratio"],
+                    ranking["baseline"]["mrr"])
+    return {**ranking, "evaluated_triples": int(len(test_eval)), "test_triples": int(len(test)),
+            "eval_seconds": round(eval_timer.seconds, 2), "baseline_seconds": round(baseline_timer.seconds, 2)}
+
+
+def _export_vectors(model, config: EmbeddingConfig) -> tuple[np.ndarray, np.ndarray]:
+    if config.training_loop == "shared":
+        with torch.no_grad():
+            return (model.entity.detach().float().numpy().copy(),
+                    model.relation[: model.num_relations].detach().float().numpy().copy())
     ent_vec = _vectors(model.entity_representations[0])
     # with reciprocal relations PyKEEN interleaves forward (2r) and inverse (2r + 1) relations
     rel_all = _vectors(model.relation_representations[0])
-    rel_vec = rel_all[0::2] if config.inverse_triples else rel_all
+    return ent_vec, (rel_all[0::2] if config.inverse_triples else rel_all)
+
+
+def _write_outputs(out_dir: Path, model, config: EmbeddingConfig, entities: IdMap, relations: IdMap,
+                   metrics: dict[str, Any]) -> str:
+    ent_vec, rel_vec = _export_vectors(model, config)
     version = embedding_version(ent_vec, config)
-    out_dir = layout.embeddings(config.model)
     with staged_dir(out_dir) as tmp:
         _write_vectors(tmp / "entities.parquet", entities, "entity_id", ent_vec)
         _write_vectors(tmp / "relations.parquet", relations, "relation_id", rel_vec)
@@ -184,15 +187,48 @@ def train_embeddings(layout: ArtifactLayout, config: EmbeddingConfig | None = No
                 "config": config.to_dict(), "metrics": metrics, "padding_index": 0}
         atomic_write_json(tmp / "metrics.json", meta)
         _plot(metrics["losses"], metrics["validation"], tmp / "training.png")
+    return version
+
+
+def train_embeddings(layout: ArtifactLayout, config: EmbeddingConfig | None = None, *, progress: bool = True,
+                     stop_after_epochs: int | None = None) -> dict[str, Any]:
+    """Train (resumable), evaluate (filtered MRR, Hits@k, per relation, against the popularity
+    baseline) and export one embedding model; return the manifest entry. ``stop_after_epochs``
+    simulates an interruption (tests)."""
+    entities, relations = load_entity_map(layout), load_relation_map(layout)
+    config = config or default_config(len(entities.ids))
+    splits = ensure_splits(layout, config.split)
+    checkpoint_dir = layout.base / "checkpoints" / f"embed-{config.model}"
+    log.info("training %s (dim %d, %s) on %d triples, %d entities, up to %d epochs", config.model,
+             config.embedding_dim, config.training_loop, len(splits["train"]), len(entities.ids), config.num_epochs)
+    cpu_start = time.process_time()
+    with Timer() as train_timer:
+        model, state, run = _train(config, splits, len(entities.ids), len(relations.ids), checkpoint_dir,
+                                   progress, stop_after_epochs)
+    if not run["finished"]:
+        raise TrainingInterrupted(f"stopped after epoch {state.epoch} of {config.num_epochs}; "
+                                  f"run again to resume from {checkpoint_dir}")
+    cpu_train = time.process_time() - cpu_start
+    evaluation = _evaluate(model, config, splits, list(relations.ids))
+    metrics = {
+        **evaluation, "engine": config.engine, "optimizer_steps": run.get("steps"), "epochs": state.epoch,
+        "best_epoch": state.best_epoch or state.epoch, "best_valid_mrr": state.best_mrr if state.best_mrr >= 0 else None,
+        "stopped_early": state.stopped_early, "batch_size": run["batch_size"],
+        "memory_estimate_bytes": run["estimated_bytes"], "train_seconds": round(train_timer.seconds, 2),
+        "train_cpu_seconds": round(cpu_train, 2), "stage_cpu_seconds": round(time.process_time() - cpu_start, 2),
+        "losses": state.losses, "validation": state.validation,
+    }
+    out_dir = layout.embeddings(config.model)
+    version = _write_outputs(out_dir, model, config, entities, relations, metrics)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    log.info("%s filtered MRR %.3f Hits@10 %.3f on %d test triples", config.model, metrics["mrr"],
-             metrics["hits_at_10"], len(test_eval))
+    log.info("%s filtered MRR %.3f Hits@10 %.3f on %d test triples (popularity baseline %.3f)", config.model,
+             metrics["mrr"], metrics["hits_at_10"], metrics["evaluated_triples"], metrics["baseline"]["mrr"])
     return record_stage(layout, f"embed:{config.model}", parameters=config.to_dict(),
                         outputs={"embeddings": str(out_dir), "embedding_version": version},
                         counts={"entities": len(entities.ids), "relations": len(relations.ids),
-                                "train_triples": len(train)},
+                                "train_triples": len(splits["train"])},
                         metrics={k: v for k, v in metrics.items() if k not in ("losses", "validation")},
-                        wall_time_s=train_timer.seconds + eval_timer.seconds)
+                        wall_time_s=train_timer.seconds + metrics["eval_seconds"] + metrics["baseline_seconds"])
 
 
 def load_entity_vectors(layout: ArtifactLayout, model: str) -> tuple[np.ndarray, dict[str, Any]]:

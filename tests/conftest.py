@@ -41,7 +41,9 @@ def tiny_build(tmp_path_factory, tiny_sources):
 
     layout = ArtifactLayout(tmp_path_factory.mktemp("artifacts"), "tiny")
     ingest(tiny_sources, None, layout)
-    train_embeddings(layout, EmbeddingConfig(embedding_dim=8, num_epochs=3, batch_size=8, eval_max_triples=None),
+    train_embeddings(layout, EmbeddingConfig(model="transe", training_loop="slcwa", inverse_triples=False,
+                                             learning_rate=0.01, embedding_dim=8, num_epochs=3, batch_size=8,
+                                             eval_max_triples=None),
                      progress=False)
     build_entity_index(layout)
     build_linker(layout)

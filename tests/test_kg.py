@@ -36,7 +36,7 @@ def test_split_config_rejects_bad_fraction():
 def test_embedding_config_rejects_unknown_keys_and_models():
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['epochs'\]"):
         EmbeddingConfig.from_dict({"epochs": 3})
-    with pytest.raises(ConfigError, match=r"\[embed -> model\] unknown model: expected one of transe, complex, got 'rotate'"):
+    with pytest.raises(ConfigError, match=r"\[embed -> model\] unknown model: expected one of transe, complex, distmult, got 'rotate'"):
         EmbeddingConfig(model="rotate")
 
 
@@ -97,7 +97,8 @@ def test_complex_export_concatenates_real_and_imaginary(tiny_build, tmp_path):
 
     layout = ArtifactLayout(tmp_path, "tiny")
     shutil.copytree(tiny_build.kg, layout.kg)
-    train_embeddings(layout, EmbeddingConfig(model="complex", embedding_dim=4, num_epochs=1, batch_size=8), progress=False)
+    train_embeddings(layout, EmbeddingConfig(model="complex", training_loop="slcwa", embedding_dim=4, num_epochs=1,
+                                                     batch_size=8), progress=False)
     meta = json.loads((layout.embeddings("complex") / "metrics.json").read_text())
     assert meta["dim"] == 8 and meta["complex_layout"] == "real_imag_concat"
 
@@ -182,8 +183,8 @@ def test_lightning_engine_on_cpu(tiny_build, tmp_path):
     from kg.embeddings import train_embeddings
 
     layout = _copy_kg(tiny_build, tmp_path)
-    cfg = EmbeddingConfig(engine="lightning", accelerator="cpu", embedding_dim=8, num_epochs=2, batch_size=8,
-                          eval_max_triples=None)
+    cfg = EmbeddingConfig(model="transe", training_loop="slcwa", inverse_triples=False, engine="lightning",
+                          accelerator="cpu", embedding_dim=8, num_epochs=2, batch_size=8, eval_max_triples=None)
     entry = train_embeddings(layout, cfg, progress=False)
     assert entry["metrics"]["engine"] == "lightning" and 0 < entry["metrics"]["mrr"] <= 1
     assert entry["metrics"]["optimizer_steps"] >= 2  # two epochs of at least one batch each

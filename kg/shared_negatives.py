@@ -1,0 +1,241 @@
+"""Training with negatives shared across a batch, scored with one matrix product.
+
+PyKEEN's sLCWA loop draws negatives per triple and its LCWA loop scores every entity for every
+(head, relation); neither fits an HPO-sized graph in a two-minute budget. This loop follows
+PyTorch-BigGraph's batched negatives: every training query (head, relation) — with reciprocal
+relations, so tails are the only side predicted — is scored against one set of K candidate
+entities shared by the whole batch, through a single (B × D) · (D × K) product. The candidate set
+mixes K·(1 − type_fraction) entities drawn uniformly with K·type_fraction entities drawn from the
+*observed range* of the batch's relations (the entities seen as that relation's tails in train):
+uniform negatives teach the type of the answer, range negatives teach the order within the type.
+The loss is a sampled softmax (cross-entropy of each true tail against the candidates, true tails
+of the query masked, logits corrected by the log of each candidate's expected sample count).
+
+The model is DistMult or ComplEx (ComplEx stored as real and imaginary halves concatenated, the
+layout ``kg.embeddings`` exports) with the N3 regulariser of Lacroix et al. (2018).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kg.config import EmbeddingConfig
+from pipelines.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class BilinearModel(torch.nn.Module):
+    """DistMult or ComplEx over reciprocal relations; score(h, r, t) = query(h, r) · t."""
+
+    def __init__(self, num_entities: int, num_relations: int, rank: int, model: str, init_scale: float,
+                 seed: int) -> None:
+        super().__init__()
+        width = 2 * rank if model == "complex" else rank
+        gen = torch.Generator().manual_seed(seed)
+        self.model = model
+        self.num_entities = num_entities
+        self.num_relations = num_relations  # original relations; 2× are stored (reciprocals)
+        self.entity = torch.nn.Parameter(torch.randn(num_entities, width, generator=gen) * init_scale)
+        self.relation = torch.nn.Parameter(torch.randn(2 * num_relations, width, generator=gen) * init_scale)
+        self.bias: torch.nn.Parameter | None = None  # (2R, N) slot bias, see use_slot_bias
+
+    def use_slot_bias(self, index: "QueryIndex") -> None:
+        """Add a learned bias per (relation, tail entity), started at log(1 + how often the entity
+        fills that slot in train): the model starts from the popularity baseline and its vectors
+        only have to learn what counting cannot."""
+        counts = np.zeros((2 * self.num_relations, self.num_entities), dtype=np.float32)
+        rel_of_tail = np.repeat(index.relations, np.diff(index.offsets))
+        np.add.at(counts, (rel_of_tail, index.tails), 1.0)
+        self.bias = torch.nn.Parameter(torch.as_tensor(np.log1p(counts)))
+
+    def query(self, heads: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:
+        h, r = F.embedding(heads, self.entity), F.embedding(relations, self.relation)
+        if self.model != "complex":
+            return h * r
+        rank = h.shape[1] // 2
+        hr, hi, rr, ri = h[:, :rank], h[:, rank:], r[:, :rank], r[:, rank:]
+        return torch.cat([hr * rr - hi * ri, hr * ri + hi * rr], dim=1)  # Re/Im of h·r; score = Re(h r conj t)
+
+    def modulus(self, x: torch.Tensor) -> torch.Tensor:
+        if self.model != "complex":
+            return x.abs()
+        rank = x.shape[1] // 2
+        return torch.sqrt(x[:, :rank] ** 2 + x[:, rank:] ** 2 + 1e-12)
+
+    def predict_t(self, hr: torch.Tensor) -> torch.Tensor:
+        """Scores of every entity as the tail of (head, relation) rows (0-based original relations)."""
+        scores = self.query(hr[:, 0], hr[:, 1]) @ self.entity.T
+        return scores if self.bias is None else scores + self.bias[hr[:, 1]]
+
+    def predict_h(self, rt: torch.Tensor) -> torch.Tensor:
+        """Scores of every entity as the head of (relation, tail) rows, through the reciprocal relation."""
+        scores = self.query(rt[:, 1], rt[:, 0] + self.num_relations) @ self.entity.T
+        return scores if self.bias is None else scores + self.bias[rt[:, 0] + self.num_relations]
+
+
+class QueryIndex:
+    """Training queries (head, relation) of the reciprocal graph with their true tails (CSR), and
+    each relation's observed range (the tails it has in train)."""
+
+    def __init__(self, train: np.ndarray, num_entities: int, num_relations: int) -> None:
+        h, r, t = (train[:, i].astype(np.int64) for i in range(3))
+        heads = np.concatenate([h, t])
+        rels = np.concatenate([r, r + num_relations])
+        tails = np.concatenate([t, h])
+        keys = heads * (2 * num_relations) + rels
+        order = np.lexsort((tails, keys))
+        keys, tails = keys[order], tails[order]
+        uniq, starts = np.unique(keys, return_index=True)
+        self.heads = uniq // (2 * num_relations)
+        self.relations = uniq % (2 * num_relations)
+        self.offsets = np.append(starts, len(keys))
+        self.tails = tails
+        self.num_entities = num_entities
+        rel_of_pair = rels[order]
+        self.ranges = [np.unique(tails[rel_of_pair == k]) for k in range(2 * num_relations)]
+
+    def __len__(self) -> int:
+        return len(self.heads)
+
+    def pairs(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row in ``queries``, true tail) for every true tail of every query."""
+        starts, ends = self.offsets[queries], self.offsets[queries + 1]
+        lengths = ends - starts
+        rows = np.repeat(np.arange(len(queries)), lengths)
+        within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return rows, self.tails[np.repeat(starts, lengths) + within]
+
+    def batches(self, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+        """Query batches of (mostly) one relation each, in random order: each batch's range negatives
+        then come from the range its queries share."""
+        perm = rng.permutation(len(self))
+        perm = perm[np.argsort(self.relations[perm], kind="stable")]
+        batches = [perm[i:i + batch_size] for i in range(0, len(perm), batch_size)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def sample_candidates(index: QueryIndex, relations: np.ndarray, config: EmbeddingConfig,
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """K shared candidates for a batch and the log of each one's expected count in the sample."""
+    n = index.num_entities
+    k_total = min(config.num_negatives, n)
+    k_type = int(round(k_total * config.type_negative_fraction))
+    pools = [index.ranges[r] for r in np.unique(relations)]
+    pool = np.unique(np.concatenate(pools)) if pools else np.empty(0, np.int64)
+    k_type = min(k_type, len(pool))
+    k_uniform = k_total - k_type
+    uniform = rng.choice(n, k_uniform, replace=False)
+    typed = pool[rng.choice(len(pool), k_type, replace=False)] if k_type else np.empty(0, np.int64)
+    candidates = np.unique(np.concatenate([uniform, typed]))
+    expected = np.full(n, k_uniform / n)
+    if k_type:
+        expected[pool] += k_type / len(pool)
+    return candidates, np.log(expected[candidates])
+
+
+def batch_loss(model: BilinearModel, index: QueryIndex, queries: np.ndarray, config: EmbeddingConfig,
+               rng: np.random.Generator) -> torch.Tensor:
+    """Sampled-softmax cross-entropy of every true tail of ``queries`` against shared candidates."""
+    rows, tails = index.pairs(queries)
+    candidates, log_q = sample_candidates(index, index.relations[queries], config, rng)
+    heads = torch.as_tensor(index.heads[queries])
+    rels = torch.as_tensor(index.relations[queries])
+    q = model.query(heads, rels)
+    cand = torch.as_tensor(candidates)
+    neg = q @ F.embedding(cand, model.entity).T - torch.as_tensor(log_q, dtype=q.dtype)
+    if model.bias is not None:
+        neg = neg + model.bias.index_select(1, cand)[rels]
+    column = np.full(index.num_entities, -1, dtype=np.int64)
+    column[candidates] = np.arange(len(candidates))
+    hit = column[tails] >= 0  # true tails that were drawn as candidates are not negatives
+    neg = neg.index_put((torch.as_tensor(rows[hit]), torch.as_tensor(column[tails[hit]])),
+                        torch.tensor(float("-inf")))
+    rows_t, tails_t = torch.as_tensor(rows), torch.as_tensor(tails)
+    pos = (F.embedding(rows_t, q) * F.embedding(tails_t, model.entity)).sum(1)
+    if model.bias is not None:
+        pos = pos + model.bias[rels[rows_t], tails_t]
+    # per query, the negatives' log-sum-exp once; per true tail, softmax over itself + negatives
+    loss = (torch.logaddexp(pos, torch.logsumexp(neg, dim=1)[rows_t]) - pos).mean()
+    if config.regularizer_weight > 0:
+        used = [F.embedding(heads, model.entity), F.embedding(rels, model.relation), F.embedding(tails_t, model.entity)]
+        loss = loss + config.regularizer_weight * sum((model.modulus(x) ** 3).sum() for x in used) / len(queries)
+    return loss
+
+
+def make_optimizer(config: EmbeddingConfig, model: BilinearModel) -> torch.optim.Optimizer:
+    if config.optimizer == "adagrad":
+        return torch.optim.Adagrad(model.parameters(), lr=config.learning_rate)
+    return torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+
+
+def train_epoch(model: BilinearModel, optimizer: torch.optim.Optimizer, index: QueryIndex,
+                config: EmbeddingConfig, rng: np.random.Generator) -> float:
+    """One pass over every training query; returns the mean batch loss."""
+    model.train()
+    total, count = 0.0, 0
+    for queries in index.batches(config.batch_size or 2048, rng):
+        optimizer.zero_grad(set_to_none=True)
+        loss = batch_loss(model, index, queries, config, rng)
+        loss.backward()
+        optimizer.step()
+        total, count = total + float(loss.detach()), count + 1
+    return total / max(count, 1)
+
+
+def estimate_memory_bytes(config: EmbeddingConfig, num_entities: int, num_relations: int,
+                          batch_size: int, mean_tails: float = 8.0) -> int:
+    """Parameters, gradients and optimizer state, plus one batch's candidate scores and vectors."""
+    width = config.embedding_dim * (2 if config.model == "complex" else 1)
+    params = (num_entities + 2 * num_relations) * width * 4
+    optimizer_copies = 2 if config.optimizer == "adam" else 1
+    k = min(config.num_negatives, num_entities)
+    pairs = batch_size * mean_tails
+    batch = (batch_size * k * 3 + pairs * k * 3 + (k + 3 * pairs + 2 * batch_size) * width * 3) * 4
+    return int(params * (2 + optimizer_copies) + batch)
+
+
+def train_shared(config: EmbeddingConfig, train: np.ndarray, num_entities: int, num_relations: int,
+                 checkpoint_dir: Path | None, *, progress: bool = True, stop_after_epochs: int | None = None):
+    """Train ``config.num_epochs`` epochs on 0-based ``train`` triples, resumable from
+    ``checkpoint_dir`` (safetensors + JSON, the RNG states included, so a resumed run follows the
+    same trajectory); returns (model, state, run info) as ``kg.training.train_model`` does."""
+    from kg.training import TrainingState, available_memory_bytes, load_checkpoint, save_checkpoint
+
+    torch.manual_seed(config.seed)
+    index = QueryIndex(train, num_entities, num_relations)
+    batch_size = config.batch_size or 2048
+    need = estimate_memory_bytes(config, num_entities, num_relations, batch_size, len(index.tails) / len(index))
+    free = available_memory_bytes()
+    log.info("memory estimate %.2f GiB (batch %d, %d candidates) of %.2f GiB available", need / 2**30, batch_size,
+             config.num_negatives, free / 2**30)
+    if need > config.memory_fraction * free and not config.force:
+        raise ConfigError(f"[embed] training needs about {need / 2**30:.1f} GiB but {free / 2**30:.1f} GiB is "
+                          "available: lower batch_size, num_negatives or embedding_dim, or set force: true")
+    model = BilinearModel(num_entities, num_relations, config.embedding_dim, config.model, config.init_scale,
+                          config.seed)
+    if config.slot_bias:
+        model.use_slot_bias(index)
+    optimizer = make_optimizer(config, model)
+    state = TrainingState()
+    restored = load_checkpoint(checkpoint_dir, model, optimizer, config) if checkpoint_dir is not None else None
+    if restored is not None:
+        state = restored[0]
+        log.info("resuming from %s at epoch %d", checkpoint_dir, state.epoch)
+    for _ in range(state.epoch, config.num_epochs if stop_after_epochs is None
+                   else min(config.num_epochs, state.epoch + stop_after_epochs)):
+        rng = np.random.default_rng([config.seed, state.epoch])  # per epoch: a resumed run draws the same
+        state.losses.append(train_epoch(model, optimizer, index, config, rng))
+        state.epoch += 1
+        if progress:
+            log.info("epoch %d/%d: loss %.4f", state.epoch, config.num_epochs, state.losses[-1])
+        if checkpoint_dir is not None and config.checkpoint_every and state.epoch % config.checkpoint_every == 0:
+            save_checkpoint(checkpoint_dir, model, optimizer, state, config, None)
+    run = {"batch_size": batch_size, "estimated_bytes": need, "available_bytes": free,
+           "finished": state.epoch >= config.num_epochs, "steps": None}
+    return model, state, run

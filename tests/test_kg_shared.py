@@ -1,0 +1,148 @@
+"""The popularity baseline, per-relation metrics and the shared-negative training loop."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kg.config import EmbeddingConfig
+from kg.evaluate import PopularityBaseline, filtered_rank_metrics, with_baseline
+from pipelines.errors import ConfigError
+
+
+def _graph(seed=0, n=60):
+    """Three clusters of 20 entities: relation 0 links random pairs inside a cluster, relation 1
+    links cluster c to cluster c + 1. Held-out triples are predictable from cluster membership,
+    which a model can learn and counting cannot."""
+    rng = np.random.default_rng(seed)
+    cluster = np.arange(n) % 3
+    triples = [(h, r, t) for h in range(n) for t in range(n) for r in (0, 1) if h != t
+               and cluster[t] == (cluster[h] + r) % 3 and rng.random() < 0.3]
+    arr = np.array(triples)
+    perm = rng.permutation(len(arr))
+    return arr[perm[40:]], arr[perm[:40]]
+
+
+def test_popularity_baseline_ranks_by_slot_counts():
+    train = np.array([[0, 0, 2], [1, 0, 2], [1, 0, 3], [3, 0, 4]])
+    base = PopularityBaseline(train, 5, 1)
+    scores = base.predict_t(torch.tensor([[0, 0]]))
+    assert scores.tolist() == [[0, 0, 2, 1, 1]]
+    assert base.predict_h(torch.tensor([[0, 2]])).tolist() == [[1, 2, 0, 1, 0]]
+    test = np.array([[0, 0, 3]])  # tail 3: 2 scores higher, 4 ties -> rank 2.5; head 0 (filter: 1 known? no)
+    known = np.concatenate([train, test])
+    m = filtered_rank_metrics(base, test, known, 1, relation_labels=["r"])
+    # tail side: entity 2 is a known answer of (0, r) -> filtered; 3 ties with 4 -> rank 1.5
+    # head side: (r, 3) answers {1, 0}: 1 filtered; 0 (count 1) ties 3 (count 1) -> rank 1.5
+    assert m["mrr_tail"] == pytest.approx(1 / 1.5) and m["mrr_head"] == pytest.approx(1 / 1.5)
+    assert m["per_relation"]["r"]["count"] == 1 and m["per_relation"]["r"]["mrr"] == pytest.approx(1 / 1.5)
+
+
+def test_with_baseline_adds_ratio_and_per_relation():
+    from kg.shared_negatives import train_shared
+
+    train, test = _graph()
+    known = np.concatenate([train, test])
+    cfg = EmbeddingConfig(model="distmult", embedding_dim=16, num_epochs=30, batch_size=16, num_negatives=32,
+                          learning_rate=0.05, init_scale=0.1)
+    model, state, run = train_shared(cfg, train, 60, 2, None, progress=False)
+    assert run["finished"] and state.epoch == 30 and state.losses[-1] < state.losses[0]
+    m = with_baseline(filtered_rank_metrics(model, test, known, 2, relation_labels=["a", "b"]), train, test, known, 2,
+                      ["a", "b"])
+    assert set(m["per_relation"]) == {"a", "b"} and sum(v["count"] for v in m["per_relation"].values()) == 40
+    assert m["baseline_ratio"] == pytest.approx(m["mrr"] / m["baseline"]["mrr"])
+    assert m["mrr"] > 2 * m["baseline"]["mrr"], "the trained model must beat counting on a structured graph"
+    random = filtered_rank_metrics(type(model)(60, 2, 16, "distmult", 0.1, 1), test, known, 2)
+    assert m["mrr"] > 1.5 * random["mrr"]
+
+
+def test_shared_loop_is_deterministic_and_resumes(tmp_path):
+    from kg.shared_negatives import train_shared
+
+    train, _ = _graph(1)
+    cfg = EmbeddingConfig(model="complex", embedding_dim=4, num_epochs=4, batch_size=8, num_negatives=16)
+    a, _, _ = train_shared(cfg, train, 60, 2, None, progress=False)
+    b, _, _ = train_shared(cfg, train, 60, 2, None, progress=False)
+    assert torch.equal(a.entity, b.entity)
+    ckpt = tmp_path / "ckpt"
+    _, state, run = train_shared(cfg, train, 60, 2, ckpt, progress=False, stop_after_epochs=2)
+    assert not run["finished"] and state.epoch == 2 and (ckpt / "state.safetensors").exists()
+    c, state, run = train_shared(cfg, train, 60, 2, ckpt, progress=False)
+    assert run["finished"] and state.epoch == 4
+    torch.testing.assert_close(a.entity, c.entity)
+
+
+def test_shared_memory_estimate_grows_with_candidates_not_triples():
+    from kg.shared_negatives import estimate_memory_bytes
+
+    small = estimate_memory_bytes(EmbeddingConfig(num_negatives=1024), 100_000, 10, 1024)
+    large = estimate_memory_bytes(EmbeddingConfig(num_negatives=4096), 100_000, 10, 1024)
+    params = (100_000 + 20) * 128 * 4 * 4
+    assert params < small < large
+
+
+def test_shared_config_rejects_unsupported_combinations():
+    with pytest.raises(ConfigError, match=r"\[embed -> model\] the shared-negative loop"):
+        EmbeddingConfig(model="transe")
+    with pytest.raises(ConfigError, match=r"\[embed -> type_negative_fraction\] must be in \[0, 1\]"):
+        EmbeddingConfig(type_negative_fraction=1.5)
+    with pytest.raises(ConfigError, match=r"\[embed -> eval_every\]"):
+        EmbeddingConfig(eval_every=2)
+
+
+def test_embed_stage_writes_baseline_and_per_relation(tiny_build, tmp_path):
+    import shutil
+
+    from kg.embeddings import train_embeddings
+    from pipelines.artifacts import ArtifactLayout
+
+    layout = ArtifactLayout(tmp_path, "tiny")
+    shutil.copytree(tiny_build.kg, layout.kg)
+    entry = train_embeddings(layout, EmbeddingConfig(embedding_dim=4, num_epochs=2, batch_size=8, num_negatives=8,
+                                                     eval_max_triples=None), progress=False)
+    saved = json.loads((layout.embeddings("complex") / "metrics.json").read_text())
+    meta = saved["metrics"]
+    assert meta["baseline"]["mrr"] > 0 and meta["baseline_ratio"] == pytest.approx(meta["mrr"] / meta["baseline"]["mrr"])
+    assert sum(v["count"] for v in meta["per_relation"].values()) == meta["evaluated_triples"]
+    assert entry["metrics"]["baseline"]["per_relation"].keys() == meta["per_relation"].keys()
+    assert saved["dim"] == 8 and saved["complex_layout"] == "real_imag_concat"
+
+
+def test_summary_shows_baseline_ratio_and_warns_under_two():
+    from flows.report import summary_rows
+
+    metrics = {"mrr": 0.05, "hits_at_10": 0.1, "baseline": {"mrr": 0.04}, "baseline_ratio": 1.25,
+               "per_relation": {"is_a": {"mrr": 0.2, "count": 3}, "has_phenotype": {"mrr": 0.01, "count": 7}}}
+    (_, _, shown, _), = summary_rows({"embed": {"metrics": metrics, "wall_time_s": 1.0}})
+    assert "baseline_mrr=0.040, ratio=1.25" in shown and "WARNING: under 2x" in shown
+    assert "is_a=0.200 (n=3)" in shown and "has_phenotype=0.010 (n=7)" in shown
+    (_, _, shown, _), = summary_rows({"embed": {"metrics": {**metrics, "baseline_ratio": 4.0}, "wall_time_s": 1.0}})
+    assert "ratio=4.00" in shown and "WARNING" not in shown
+
+
+def test_slot_bias_starts_from_the_popularity_baseline():
+    """With zero vectors the model's scores are log(1 + slot count): exactly the baseline's ranking."""
+    from kg.shared_negatives import BilinearModel, QueryIndex
+
+    train, test = _graph(2)
+    known = np.concatenate([train, test])
+    model = BilinearModel(60, 2, 4, "complex", 0.1, 0)
+    model.use_slot_bias(QueryIndex(train, 60, 2))
+    with torch.no_grad():
+        model.entity.zero_()
+    ours = filtered_rank_metrics(model, test, known, 2)
+    base = filtered_rank_metrics(PopularityBaseline(train, 60, 2), test, known, 2)
+    assert ours["mrr"] == pytest.approx(base["mrr"]) and ours["mrr_head"] == pytest.approx(base["mrr_head"])
+
+
+def test_slot_bias_trains_and_resumes(tmp_path):
+    from kg.shared_negatives import train_shared
+
+    train, _ = _graph(3)
+    cfg = EmbeddingConfig(embedding_dim=4, num_epochs=3, batch_size=8, num_negatives=16, slot_bias=True)
+    a, state, _ = train_shared(cfg, train, 60, 2, None, progress=False)
+    assert a.bias is not None and state.losses[-1] < state.losses[0]
+    train_shared(cfg, train, 60, 2, tmp_path / "c", progress=False, stop_after_epochs=1)
+    b, _, _ = train_shared(cfg, train, 60, 2, tmp_path / "c", progress=False)
+    torch.testing.assert_close(a.bias, b.bias)
