@@ -22,7 +22,15 @@ def test_readme_build_config_example_is_valid():
 def test_readme_lightning_example_is_a_valid_embedding_config():
     from kg.config import EmbeddingConfig
 
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"# embed\.yaml.*?\n(.*?)```", readme, re.S).group(1)
+    page = (ROOT / "docs" / "embeddings.md").read_text()
+    block = re.search(r"# embed\.yaml.*?\n(.*?)```", page, re.S).group(1)
     cfg = EmbeddingConfig.from_dict(yaml.safe_load(block))
     assert cfg.engine == "lightning" and cfg.devices == 4 and cfg.num_nodes == 2
+
+
+def test_readme_links_to_pages_that_exist():
+    readme = (ROOT / "README.md").read_text()
+    links = set(re.findall(r"\]\(((?:docs/)?[\w./-]+\.md)(?:#[\w-]+)?\)", readme))
+    assert {"docs/ingest.md", "docs/embeddings.md", "docs/linking.md", "docs/flows.md"} <= links
+    for link in links:
+        assert (ROOT / link).is_file(), link
