@@ -35,17 +35,27 @@ def test_kg_sharded_slcwa_instances_one_process_sees_every_triple():
 
 
 def test_kg_lightning_auto_strategy_spawns_on_one_node_and_refuses_tiny_global_batch():
+    from functools import partial
+
     from kg.config import EmbeddingConfig
     from kg.distributed import _lit_module, resolve_strategy
     from pipelines.errors import ConfigError
 
-    assert resolve_strategy(EmbeddingConfig(engine="lightning", devices=2)) == "ddp_spawn"
-    assert resolve_strategy(EmbeddingConfig(engine="lightning", devices=2, num_nodes=2)) == "ddp"
-    assert resolve_strategy(EmbeddingConfig(engine="lightning", devices=1)) == "auto"
-    assert resolve_strategy(EmbeddingConfig(engine="lightning", devices=2, strategy="ddp")) == "ddp"
-    cfg = EmbeddingConfig(engine="lightning", devices=4, batch_size=2)
+    lightning = partial(EmbeddingConfig, model="transe", training_loop="slcwa", engine="lightning")
+    assert resolve_strategy(lightning(devices=2)) == "ddp_spawn"
+    assert resolve_strategy(lightning(devices=2, num_nodes=2)) == "ddp"
+    assert resolve_strategy(lightning(devices=1)) == "auto"
+    assert resolve_strategy(lightning(devices=2, strategy="ddp")) == "ddp"
     with pytest.raises(ConfigError, match=r"\[embed -> batch_size\] is the global batch .* 4 processes"):
-        _lit_module(cfg, None, None, None, None)
+        _lit_module(lightning(devices=4, batch_size=2), None, None, None, None)
+
+
+def test_kg_shared_negative_loop_names_the_engine_that_scales():
+    from kg.config import EmbeddingConfig
+    from pipelines.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"\[embed -> engine\] .* use engine: lightning with training_loop: slcwa"):
+        EmbeddingConfig(training_loop="shared", engine="lightning", devices=2)
 
 
 def _umls_mrr(devices: int, loop: str) -> tuple[float, int]:

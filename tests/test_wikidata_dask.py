@@ -155,9 +155,10 @@ def test_wikidata_dask_cli_flag(dump, reference, cluster, tmp_path):
 def test_wikidata_dask_flow_on_a_dask_task_runner(dump, reference, cluster, tmp_path):
     pytest.importorskip("prefect_dask")
     from flows.build import ingest_flow, task_runner
+    from flows.config import resolve
 
-    entry = ingest_flow.with_options(task_runner=task_runner({"address": cluster}))(
-        name="wd", root=str(tmp_path), sources=[str(dump)],
-        ingest={"chunk_mb": 0.5, "literals": True, "qualifiers": True})
+    cfg = resolve(None, {"name": "wd", "root": str(tmp_path), "sources": [str(dump)],
+                         "ingest": {"chunk_mb": 0.5, "literals": True, "qualifiers": True}})
+    entry = ingest_flow.with_options(task_runner=task_runner({"address": cluster}))(cfg)
     assert entry["counts"]["workers"] == 2  # the chunks ran on the cluster's two workers
     assert _digest_and_counts(ArtifactLayout(tmp_path, "wd"), entry) == reference
