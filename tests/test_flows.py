@@ -2,8 +2,6 @@
 what a change reaches, failure and resume, transient-only retries, validation before work, Dask."""
 
 import json
-import sys
-import time
 import shutil
 from pathlib import Path
 
@@ -205,34 +203,10 @@ def dask_cluster_opts(tmp_path_factory):
     reached through ``address`` exactly as a remote one would be. Out of process on purpose: an
     in-process LocalCluster leaves state behind that broke later forked DataLoader workers."""
     pytest.importorskip("prefect_dask")
-    import subprocess
+    from tests.dask_cluster import local_dask_cluster
 
-    dask = shutil.which("dask") or str(Path(sys.executable).with_name("dask"))
-    info = tmp_path_factory.mktemp("dask") / "scheduler.json"
-    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                               "--scheduler-file", str(info)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        deadline = time.monotonic() + 60
-        while not info.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert info.exists(), "dask scheduler did not start"
-        procs.append(subprocess.Popen([dask, "worker", "--scheduler-file", str(info), "--nworkers", "2", "--nthreads", "1",
-                                       "--no-dashboard", "--host", "127.0.0.1"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        address = json.loads(info.read_text())["address"]
-        from distributed import Client
-
-        with Client(address, timeout=60) as client:
-            client.wait_for_workers(2, timeout=60)
+    with local_dask_cluster(tmp_path_factory.mktemp("dask")) as address:
         yield {"address": address}
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def test_flows_dask_link_corpus_fans_out_on_a_local_cluster(tmp_path, tiny_build, dask_cluster_opts):

@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from pipelines.artifacts import ArtifactLayout
 from pipelines.errors import InputError
 from pipelines.ingest import IngestOptions, ingest
 from pipelines.synthetic import load_templates, write_dump
+from tests.dask_cluster import local_dask_cluster
 
 distributed = pytest.importorskip("distributed")
 
@@ -31,33 +31,9 @@ TIMING = ("parse_seconds", "merge_seconds", "workers")
 def cluster(tmp_path_factory):
     """``dask scheduler`` + ``dask worker`` (2 processes, 1 thread each), out of process, working in
     a directory of their own (so a path relative to the caller's working directory is not theirs)."""
-    dask = shutil.which("dask") or str(Path(sys.executable).with_name("dask"))
     home = tmp_path_factory.mktemp("dask")
-    info = home / "scheduler.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                               "--scheduler-file", str(info)], cwd=home, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        deadline = time.monotonic() + 60
-        while not info.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert info.exists(), "dask scheduler did not start"
-        procs.append(subprocess.Popen([dask, "worker", "--scheduler-file", str(info), "--nworkers", "2",
-                                       "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"], cwd=home, env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        address = json.loads(info.read_text())["address"]
-        with distributed.Client(address, timeout=60) as client:
-            client.wait_for_workers(2, timeout=60)
+    with local_dask_cluster(home, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=home) as address:
         yield address
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 @pytest.fixture(scope="module")
