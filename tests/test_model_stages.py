@@ -247,13 +247,13 @@ def test_cli_stage_2_before_stage_1_is_a_one_line_user_error(build, capsys):
     assert rc == 2 and len(err) == 1 and "stage1/config.json does not exist" in err[0]
 
 
-def test_readme_train_config_example_is_valid():
+def test_docs_train_config_example_is_valid():
     import re
     from pathlib import Path
 
     import yaml
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = re.search(r"### Training KALoRA.*?```yaml\n(.*?)```", readme, re.S).group(1)
+    page = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    block = re.search(r"# Training KALoRA.*?```yaml\n(.*?)```", page, re.S).group(1)
     cfg = TrainConfig.from_dict(yaml.safe_load(block)["train"])
     assert cfg.peft.method == "lora" and cfg.stage2.knowledge_loss_weight == 0.5 and cfg.stage3.dpo_beta == 0.1
