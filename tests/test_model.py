@@ -68,7 +68,7 @@ def test_shard_dataset_splits_rows_across_workers_without_duplicates(tiny_build,
     assert len(ds.units) > 2
     single = [tuple(x["input_ids"]) for x in ds]
     # spawn, not fork: earlier tests in this process ran Prefect flows, whose threads make forked
-    # workers exit with status 1 at shutdown (reproduced with a bare flow + DataLoader; see README)
+    # workers exit with status 1 at shutdown (reproduced with a bare flow + DataLoader; see docs/training.md)
     multi = [tuple(x["input_ids"]) for x in DataLoader(ds, batch_size=None, num_workers=2,
                                                        multiprocessing_context="spawn")]
     assert len(single) == manifest["sets"]["knowledge"]["rows"]
