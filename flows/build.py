@@ -9,6 +9,7 @@ already resolved ``BuildConfig``); the stage flows below it take the resolved co
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from flows.config import BuildConfig, artifact_root, resolve
-from flows.stages import SPECS, STAGE_NAMES, fingerprint, lookup, shard_inputs
+from flows.stages import SPECS, STAGE_NAMES, fingerprint, lookup, running_marker, shard_inputs
 from pipelines.artifacts import ArtifactLayout, file_sha256, stamp_cache
 from pipelines.errors import ConfigError, KaloraError
 
@@ -60,7 +61,10 @@ def ingest_task(cfg: BuildConfig, layout: ArtifactLayout) -> dict[str, Any]:
     # on a DaskTaskRunner, the chunks of a Wikidata dump are tasks on the same cluster
     runner = getattr(FlowRunContext.get(), "task_runner", None)
     client = runner.client if type(runner).__name__ == "DaskTaskRunner" else None
-    return ingest(cfg.source_paths(), cfg.format, layout, cfg.ingest, executor=client)
+    # the flow's cache key (sources, options and code) decided that ingestion must run: ingest's own
+    # unchanged-input check would keep kg/ as it is, changed files and all
+    options = replace(cfg.ingest, force=True)
+    return ingest(cfg.source_paths(), cfg.format, layout, options, executor=client)
 
 
 @task(name="embed", cache_policy=NO_CACHE, **RETRIES)
@@ -121,8 +125,13 @@ def run_stage(stage: str, cfg: BuildConfig, force: bool = False,
     if not force and (entry := lookup(spec, cfg, layout, key)) is not None:
         logger.info("%s: inputs, parameters and code unchanged (cache key %s…): skipped", stage, key[:12])
         return {**entry, "cached": True}
+    # until the new entry is stamped, the old one may describe files this run has already replaced
+    marker = running_marker(layout, spec.manifest_key(cfg))
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
     entry = TASKS[stage](cfg, layout)
     stamp_cache(layout, spec.manifest_key(cfg), key, detail)
+    marker.unlink(missing_ok=True)
     return {**entry, "cached": False}
 
 

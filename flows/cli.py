@@ -149,6 +149,20 @@ def cmd_train(args) -> dict:
     return train(_layout(args), config, stages, model_given="model" in data, progress=True)
 
 
+def cmd_verify(args) -> None:
+    """Check every file the build's manifest records: a table, then exit 0 when all match."""
+    from pipelines.errors import ArtifactError
+    from pipelines.integrity import build_report
+
+    layout = _layout(args)
+    if not layout.manifest.exists():
+        raise ArtifactError(f"{layout.manifest} does not exist: no build named {args.name!r} under {args.root}")
+    table, problems = build_report(layout)
+    print("\n".join(table + problems))
+    if problems:
+        raise ArtifactError(f"{len(problems)} problem(s) in {layout.base}; the first: {problems[0]}")
+
+
 class _UserErrorTracebackFilter(logging.Filter):
     """Prefect logs every failed run with its traceback; for a user error the one-line message is
     the whole story (the CLI prints it once more on exit), so drop the traceback."""
@@ -274,6 +288,7 @@ def _training_parsers(sub) -> None:
     sp.add_argument("--force", action="append", metavar="STAGE",
                     help="re-run STAGE even when its inputs, parameters and code are unchanged (repeatable; 'all')")
     sp.set_defaults(func=cmd_run)
+    _stage(sub, "verify", "check every artifact file against the digests in the manifest", cmd_verify)
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from flows.config import BuildConfig
 from linking.evaluate import AliasRecallConfig
 from pipelines.artifacts import ArtifactLayout, cache_key, cached_entry, code_version, input_digests
+from pipelines.integrity import verify
 from pipelines.shards import ShardInputs
 
 STAGE_NAMES = ("ingest", "embed", "index", "linker", "shards", "train")
@@ -95,7 +96,17 @@ def fingerprint(spec: StageSpec, cfg: BuildConfig, layout: ArtifactLayout,
     return cache_key(inputs, parameters, code), {"inputs": inputs, "code": code}
 
 
+def running_marker(layout: ArtifactLayout, manifest_key: str) -> Path:
+    """Present while a stage runs in a flow, and after a run that died or failed in it: the stage's
+    old entry may then describe files the run had already replaced, so it is not trusted."""
+    return layout.base / f".running-{manifest_key.replace(':', '-')}"
+
+
 def lookup(spec: StageSpec, cfg: BuildConfig, layout: ArtifactLayout, key: str) -> dict[str, Any] | None:
+    """The stage's entry when it can be skipped: same cache key, outputs present, and the files it
+    recorded unchanged (a changed one raises :class:`~pipelines.errors.ArtifactError`)."""
+    if running_marker(layout, spec.manifest_key(cfg)).exists():
+        return None
     return cached_entry(layout, spec.manifest_key(cfg), key, spec.outputs(cfg, layout))
 
 
@@ -107,7 +118,7 @@ def shard_inputs(layout: ArtifactLayout, model: str) -> ShardInputs:
     from linking.build import load_linker
     from linking.index import load_entity_index
 
-    layout.require(layout.entities, "ingest")
+    verify(layout, [layout.require(layout.entities, "ingest"), layout.relations])  # read by build_shards
     splits = read_splits(layout)
     vectors, meta = load_entity_vectors(layout, model)
     return ShardInputs(splits=splits, vectors=vectors, embedding_version=meta["embedding_version"],

@@ -29,6 +29,7 @@ from kg.stats import graph_stats
 from kg.training import train_model
 from pipelines.artifacts import ArtifactLayout, Timer, atomic_write_json, record_stage, staged_dir
 from pipelines.errors import KaloraError
+from pipelines.integrity import reading, verify
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,12 @@ class TrainingInterrupted(KaloraError):
 def ensure_splits(layout: ArtifactLayout, config: SplitConfig = SplitConfig()) -> dict[str, np.ndarray]:
     """The split of this KG for ``config``; reused when ``kg/splits`` was made with the same config."""
     meta_path = layout.splits / "split.json"
-    if meta_path.exists() and json.loads(meta_path.read_text()) == json.loads(json.dumps(vars(config))):
-        return read_splits(layout)
+    if meta_path.exists():
+        verify(layout, [layout.splits, layout.triples])  # the split, and the triples it was made from
+        with reading(meta_path, "rerun the ingest stage, which rewrites kg/ (kalora run ... --force ingest)"):
+            made_with = json.loads(meta_path.read_bytes().decode("utf-8"))
+        if made_with == json.loads(json.dumps(vars(config))):
+            return read_splits(layout)
     triples = mapped_triples(layout)
     before = len(triples)
     if config.k_core > 0:
@@ -234,5 +239,7 @@ def train_embeddings(layout: ArtifactLayout, config: EmbeddingConfig | None = No
 def load_entity_vectors(layout: ArtifactLayout, model: str) -> tuple[np.ndarray, dict[str, Any]]:
     """(index-aligned vectors with padding row 0, metrics.json content)."""
     out_dir = layout.require(layout.embeddings(model), "embed")
-    meta = json.loads((out_dir / "metrics.json").read_text())
-    return np.load(out_dir / "entities.npy", allow_pickle=False), meta
+    verify(layout, [out_dir])
+    with reading(out_dir, f"rerun the embed stage (kalora run ... --force embed, or kalora embed --model {model})"):
+        meta = json.loads((out_dir / "metrics.json").read_bytes().decode("utf-8"))
+        return np.load(out_dir / "entities.npy", allow_pickle=False), meta

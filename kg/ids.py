@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from pipelines.artifacts import ArtifactLayout
 from pipelines.errors import ArtifactError
+from pipelines.integrity import reading, verify
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,8 @@ class IdMap:
 
 
 def load_id_map(path: Path, id_column: str) -> IdMap:
-    table = pq.read_table(path, columns=[id_column, "index"])
+    with reading(path, "rerun the ingest stage (kalora run ... --force ingest)"):
+        table = pq.read_table(path, columns=[id_column, "index"])
     index = table.column("index").to_numpy()
     if len(index) and not np.array_equal(index, np.arange(1, len(index) + 1)):
         raise ArtifactError(f"{path}: column 'index' must be 1..{len(index)} in row order")
@@ -36,18 +38,24 @@ def load_id_map(path: Path, id_column: str) -> IdMap:
 
 
 def load_entity_map(layout: ArtifactLayout) -> IdMap:
-    return load_id_map(layout.require(layout.entities, "ingest"), "entity_id")
+    path = layout.require(layout.entities, "ingest")
+    verify(layout, [path])
+    return load_id_map(path, "entity_id")
 
 
 def load_relation_map(layout: ArtifactLayout) -> IdMap:
-    return load_id_map(layout.require(layout.relations, "ingest"), "relation_id")
+    path = layout.require(layout.relations, "ingest")
+    verify(layout, [path])
+    return load_id_map(path, "relation_id")
 
 
 def mapped_triples(layout: ArtifactLayout) -> np.ndarray:
     """All triples as an (n, 3) int32 array of (head_index, relation_index, tail_index)."""
-    ents = pq.read_table(layout.entities, columns=["entity_id", "index"])
-    rels = pq.read_table(layout.relations, columns=["relation_id", "index"])
-    table = ds.dataset(layout.require(layout.triples, "ingest"), format="parquet").to_table(columns=["head", "relation", "tail"])
+    verify(layout, [layout.entities, layout.relations, layout.require(layout.triples, "ingest")])
+    with reading(layout.kg, "rerun the ingest stage (kalora run ... --force ingest)"):
+        ents = pq.read_table(layout.entities, columns=["entity_id", "index"])
+        rels = pq.read_table(layout.relations, columns=["relation_id", "index"])
+        table = ds.dataset(layout.triples, format="parquet").to_table(columns=["head", "relation", "tail"])
     out = np.empty((table.num_rows, 3), dtype=np.int32)
     for col, (column, ref, ref_id) in enumerate(
         (("head", ents, "entity_id"), ("relation", rels, "relation_id"), ("tail", ents, "entity_id"))

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 from pipelines import schema
 from pipelines.artifacts import ArtifactLayout, staged_dir
 from pipelines.errors import ConfigError
+from pipelines.integrity import reading, verify
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,13 @@ def write_splits(layout: ArtifactLayout, splits: dict[str, np.ndarray], config: 
 
 
 def read_splits(layout: ArtifactLayout) -> dict[str, np.ndarray]:
+    """The split made by ``kalora embed``, its recorded digests (and those of the triples it was
+    made from) verified first."""
+    verify(layout, [layout.splits, layout.triples])
     out = {}
     for name in ("train", "valid", "test"):
-        table = pq.read_table(layout.require(layout.splits / f"{name}.parquet", "embed"))
+        path = layout.require(layout.splits / f"{name}.parquet", "embed")
+        with reading(path, "rerun the ingest stage, which rewrites kg/ (kalora run ... --force ingest)"):
+            table = pq.read_table(path)
         out[name] = np.stack([table.column(c).to_numpy() for c in schema.SPLIT.names], axis=1).astype(np.int32)
     return out

@@ -13,6 +13,7 @@ from linking.aliases import AliasTable
 from linking.config import LinkerConfig
 from pipelines.artifacts import ArtifactLayout, Timer, record_stage, staged_dir
 from pipelines.errors import ArtifactError, InputError
+from pipelines.integrity import verify
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ def build_linker(layout: ArtifactLayout, model: str | None = "transe", config: L
 
     config = config or LinkerConfig()
     with Timer() as timer:
+        verify(layout, [layout.entities, layout.aliases, *([layout.embeddings(model)] if model else [])])
         table = AliasTable.from_layout(layout)
         ents = pq.read_table(layout.entities, columns=["entity_id", "types", "prior", "description"])
         vectors = None
@@ -64,10 +66,12 @@ def load_linker(layout: ArtifactLayout):
     import spacy
 
     path = layout.require(layout.linker, "linker")
+    verify(layout, [path])  # the pipeline's own files too (vocab/, config.cfg), which spaCy reads first
     try:
         return spacy.load(path)
-    except OSError as exc:
-        raise ArtifactError(f"{path}: not a loadable spaCy pipeline ({exc})") from None
+    except (OSError, ValueError) as exc:  # ValueError: a vocab/ or config file that is not UTF-8 / JSON
+        raise ArtifactError(f"{path}: not a loadable spaCy pipeline ({type(exc).__name__}: {exc}): "
+                            "rebuild the linker (`kalora linker`)") from None
 
 
 def doc_links(doc) -> list[dict[str, Any]]:

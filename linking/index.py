@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from pipelines.artifacts import ArtifactLayout, Timer, atomic_write_json, record_stage, staged_dir
 from pipelines.errors import ArtifactError, InputError
+from pipelines.integrity import verify
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ def build_entity_index(layout: ArtifactLayout, model: str = "transe") -> dict[st
 
     with Timer() as timer:
         vectors, meta = load_entity_vectors(layout, model)
+        verify(layout, [layout.entities])
         ids = pq.read_table(layout.entities, columns=["entity_id", "index"])
         if len(vectors) != ids.num_rows + 1:
             raise ArtifactError(f"{layout.embeddings(model)}: {len(vectors) - 1} vectors but {ids.num_rows} entities: re-run `kalora embed`")
@@ -87,7 +89,12 @@ def load_entity_index(layout: ArtifactLayout) -> EntityIndex:
     import faiss
 
     path = layout.require(layout.index / "entities.faiss", "index")
-    index = faiss.read_index(str(path))
+    verify(layout, [layout.index])
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as exc:  # FAISS reports a corrupt or truncated file as a RuntimeError
+        raise ArtifactError(f"{path}: not a readable FAISS index ({str(exc).splitlines()[0]}): "
+                            "rebuild with `kalora index`") from None
     ids = pq.read_table(layout.index / "entity_ids.parquet")
     meta = json.loads((layout.index / "meta.json").read_text())
     id_list = ids.column("entity_id").to_pylist()

@@ -13,8 +13,9 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pipelines.artifacts import file_sha256
+from pipelines.artifacts import cached_digest
 from pipelines.errors import ArtifactError
+from pipelines.integrity import reading
 
 KNOWN_SCHEMA_VERSIONS = {1}
 
@@ -24,7 +25,8 @@ def read_shard_manifest(shards_dir: Path, *, expected_embedding_version: str | N
     path = Path(shards_dir) / "manifest.json"
     if not path.exists():
         raise ArtifactError(f"{path} does not exist: build the shards with `kalora shards` first")
-    manifest = json.loads(path.read_text())
+    with reading(path, "rebuild the shards with `kalora shards`"):
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
     if manifest.get("schema_version") not in KNOWN_SCHEMA_VERSIONS:
         raise ArtifactError(f"{path}: shard schema version {manifest.get('schema_version')!r} is not one this reader "
                             f"knows ({sorted(KNOWN_SCHEMA_VERSIONS)}): upgrade kalora-kg or rebuild the shards")
@@ -35,7 +37,7 @@ def read_shard_manifest(shards_dir: Path, *, expected_embedding_version: str | N
         for name, info in manifest["sets"].items():
             for part in info["parts"]:
                 f = Path(shards_dir) / name / part["file"]
-                digest = file_sha256(f) if f.exists() else "missing"
+                digest = cached_digest(f) if f.exists() else "missing"  # hashed once per run (cache keys)
                 if digest != part["sha256"]:
                     raise ArtifactError(f"{f}: checksum mismatch (expected {part['sha256'][:12]}…, got {digest[:12]}…): "
                                         "the shard was modified or truncated; rebuild with `kalora shards`")

@@ -16,6 +16,7 @@ from torch import nn
 from model.config import AdapterConfig, ModelConfig
 from model.modules import DomainAdapter, KnowledgeHead, KnowledgeInjection
 from pipelines.errors import ArtifactError
+from pipelines.integrity import reading
 
 KNOWLEDGE_FILE = "knowledge.safetensors"
 
@@ -167,8 +168,9 @@ def load_entity_table(shards_manifest: dict[str, Any]) -> tuple[torch.Tensor, st
     path = Path(shards_manifest["entity_vectors"])
     if not path.exists():
         raise ArtifactError(f"{path} (named by the shards manifest) does not exist: re-run `kalora embed`")
-    vectors = np.load(path, allow_pickle=False)
-    meta = json.loads((path.parent / "metrics.json").read_text())
+    with reading(path.parent, "re-run `kalora embed`"):
+        vectors = np.load(path, allow_pickle=False)
+        meta = json.loads((path.parent / "metrics.json").read_bytes().decode("utf-8"))
     if meta["embedding_version"] != shards_manifest["embedding_version"]:
         raise ArtifactError(f"{path.parent} holds embedding {meta['embedding_version']} but the shards were built "
                             f"from {shards_manifest['embedding_version']}: rebuild the shards")

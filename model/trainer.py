@@ -32,6 +32,7 @@ from model.loop import device_of_choice, run_loop
 from model.report import gate_stats, plot_history, summarize
 from pipelines.artifacts import ArtifactLayout, Timer, atomic_write_json, file_sha256, record_stage, staged_dir
 from pipelines.errors import ArtifactError, ConfigError
+from pipelines.integrity import verify
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,10 @@ def prepare(layout: ArtifactLayout, model_config: ModelConfig):
     from model.tokenizer import load_tokenizer, train_bpe_tokenizer
 
     manifest = read_shard_manifest(layout.shards)
-    entity_vectors, version = load_entity_table(manifest)
+    # the embeddings the shards name, and what stage 1 saved for the later stages, as recorded
     out = layout.adapters
+    verify(layout, [Path(manifest["entity_vectors"]).parent, out / "tokenizer", out / "base_model"])
+    entity_vectors, version = load_entity_table(manifest)
     if (out / "tokenizer").exists():
         tokenizer = load_tokenizer(out / "tokenizer")
     elif model_config.tokenizer:
@@ -182,6 +185,7 @@ def train_stage2(layout: ArtifactLayout, model_config: ModelConfig | None = None
 
     torch.manual_seed(config.seed)
     with Timer() as timer:
+        verify(layout, [layout.adapters / "stage1"])
         model_config = _saved_model_config(layout, "stage1", model_config)
         tokenizer, model, manifest = prepare(layout, model_config)
         model.load_knowledge(layout.adapters / "stage1")
@@ -238,6 +242,7 @@ def load_stage(layout: ArtifactLayout, stage: str = "stage2", trainable: bool = 
     path = layout.adapters / stage / "config.json"
     if not path.exists():
         raise ArtifactError(f"{path} does not exist: train {stage} first (`kalora train --stage {stage[-1]}`)")
+    verify(layout, [layout.adapters / stage])
     saved = json.loads(path.read_text())
     model_config = ModelConfig.from_dict(saved["model"])
     adapter = AdapterConfig.from_dict(saved["peft"])

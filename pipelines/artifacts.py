@@ -162,12 +162,17 @@ def staged_dir(final: Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def file_digest(path: Path, algorithm: str, chunk: int = 1 << 20) -> str:
+    """Hex digest of a file's bytes with a ``hashlib`` algorithm (``sha256``, ``blake2b``)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    return file_digest(path, "sha256", chunk)
 
 
 def tree_sha256(path: Path, file_digest=file_sha256) -> str:
@@ -212,7 +217,10 @@ def read_manifest(layout: ArtifactLayout) -> dict[str, Any]:
     if not layout.manifest.exists():
         return {"schema_version": SCHEMA_VERSION, "name": layout.name, "stages": {}}
     try:
-        return json.loads(layout.manifest.read_text())
+        return json.loads(layout.manifest.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ArtifactError(f"{layout.manifest}: not UTF-8 text (byte {exc.start}): the manifest is corrupt; "
+                            "restore it or rebuild the KG") from None
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{layout.manifest}: not valid JSON ({exc})") from None
 
@@ -240,6 +248,10 @@ def record_stage(
         "schema_version": SCHEMA_VERSION,
         "versions": library_versions(),
     }
+    from pipelines.integrity import record_stage_files
+
+    if (integrity := record_stage_files(layout, stage)) is not None:  # digests of what the stage published
+        entry["integrity"] = integrity
     with manifest_lock(layout):
         manifest = read_manifest(layout)
         manifest.setdefault("stages", {})[stage] = entry
@@ -271,22 +283,24 @@ def code_version(packages: list[str] | tuple[str, ...]) -> str:
     return f"{versions.get('kalora-kg', '0+unknown')}+src.{h.hexdigest()[:16]}"
 
 
-_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
 
 
-def _file_digest(path: Path) -> str:
-    """``file_sha256``, remembered for this process while the file keeps its inode, size and
-    mtime (several stages of one run read the same tables)."""
+def cached_digest(path: Path, algorithm: str = "sha256") -> str:
+    """``file_sha256`` (or another hashlib ``algorithm``), remembered for this process while the
+    file keeps its inode, size and mtime (several stages of one run read the same tables, and the
+    integrity checks read what the cache keys hashed). Not its path: a file digested under its
+    temporary name is not digested again once published by a rename."""
     st = path.stat()
-    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    key = (algorithm, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
-        _DIGESTS[key] = file_sha256(path)
+        _DIGESTS[key] = file_digest(path, algorithm)
     return _DIGESTS[key]
 
 
 def input_digest(path: Path) -> str:
-    """The same value as ``tree_sha256``, with per-file digests remembered (``_file_digest``)."""
-    return tree_sha256(path, _file_digest)
+    """The same value as ``tree_sha256``, with per-file digests remembered (``cached_digest``)."""
+    return tree_sha256(path, cached_digest)
 
 
 def input_digests(paths: dict[str, Path | None]) -> dict[str, str | None]:
@@ -301,11 +315,15 @@ def cache_key(inputs: dict[str, str | None], parameters: dict[str, Any], code: s
 
 def cached_entry(layout: ArtifactLayout, stage: str, key: str, outputs: list[Path]) -> dict[str, Any] | None:
     """The manifest entry of ``stage`` when it was recorded under ``key`` and every output still
-    exists; ``None`` means the stage must run."""
+    exists; ``None`` means the stage must run. The recorded digests of the outputs are verified
+    first: a changed file is an :class:`ArtifactError`, not a silent skip."""
     entry = read_manifest(layout).get("stages", {}).get(stage)
-    if not entry or entry.get("cache", {}).get("key") != key:
+    if not entry or entry.get("cache", {}).get("key") != key or not all(Path(p).exists() for p in outputs):
         return None
-    return entry if all(Path(p).exists() for p in outputs) else None
+    from pipelines.integrity import verify_entry
+
+    verify_entry(layout, stage, outputs)
+    return entry
 
 
 def stamp_cache(layout: ArtifactLayout, stage: str, key: str, detail: dict[str, Any]) -> None:
