@@ -11,6 +11,7 @@ import pytest
 
 from pipelines.artifacts import ArtifactLayout, file_sha256, read_manifest, record_stage, stamp_cache
 from pipelines.errors import ArtifactError
+from tests.conftest import run_cli
 
 
 @pytest.fixture
@@ -112,7 +113,7 @@ def test_integrity_changed_index_stops_its_readers(build, capsys):
     assert _verify_cli(build, capsys)[0] == 2
 
 
-def test_integrity_changed_triples_are_noticed_when_splits_are_cached(build, capsys):
+def test_integrity_changed_triples_are_noticed_when_splits_are_cached(build, capsys, tiny_sources):
     from kg.config import EmbeddingConfig
     from kg.embeddings import train_embeddings
 
@@ -120,10 +121,15 @@ def test_integrity_changed_triples_are_noticed_when_splits_are_cached(build, cap
     expected = _recorded(build, path)
     _flip(path)
     with pytest.raises(ArtifactError) as err:  # kg/splits/split.json matches: the split is reused
-        train_embeddings(build, EmbeddingConfig(model="transe", embedding_dim=8, num_epochs=1), progress=False)
+        train_embeddings(build, EmbeddingConfig(model="transe", training_loop="slcwa", embedding_dim=8, num_epochs=1),
+                         progress=False)
     _assert_names_both_digests(err, build, path, expected, "--force ingest")
     rc, _, err_text = _verify_cli(build, capsys)
     assert rc == 2 and str(path) in err_text
+    from pipelines.ingest import ingest
+
+    with pytest.raises(ArtifactError, match=re.escape(f"{path}: sha256 ")):  # ingest's unchanged-input skip
+        ingest(tiny_sources, None, build)
 
 
 def test_integrity_a_cached_stage_is_verified_before_it_is_skipped(build):
@@ -156,9 +162,9 @@ def test_integrity_spacy_load_refuses_any_changed_linker_file(build, tmp_path):
     import spacy
 
     recorded = json.loads((build.linker / "kg_linker" / "checksums.json").read_text())["sha256"]
-    assert {"name_encoder.safetensors", "vectors.npy"} <= set(recorded)
+    assert {"vectors.npy", "tfidf_idf.npy"} <= set(recorded)
     assert set(recorded) == {p.name for p in (build.linker / "kg_linker").iterdir()} - {"checksums.json"}
-    for i, name in enumerate(sorted(recorded)):  # each file of the component, in a copy of the pipeline
+    for i, name in enumerate(["vectors.npy", "tfidf_idf.npy", "aliases.parquet", "kb.json"]):  # in copies
         copy = shutil.copytree(build.linker, tmp_path / f"copy{i}" / "tiny" / "linker")
         path = copy / "kg_linker" / name
         _flip(path)
@@ -168,6 +174,21 @@ def test_integrity_spacy_load_refuses_any_changed_linker_file(build, tmp_path):
         assert message.startswith(f"{path}: sha256 {file_sha256(path)} does not match {recorded[name]}"), message
         assert "rebuild the linker: kalora linker --name tiny" in message
     spacy.load(build.linker)
+
+
+def test_integrity_spacy_load_refuses_a_changed_name_encoder(tmp_path):
+    """The tiny KB has too few multi-name entities for a name encoder; this one trains one."""
+    import spacy
+
+    from tests.test_linking_load import _saved
+
+    path, _, _ = _saved(tmp_path)
+    weights = path / "kg_linker" / "name_encoder.safetensors"
+    expected = json.loads((path / "kg_linker" / "checksums.json").read_text())["sha256"][weights.name]
+    _flip(weights)
+    with pytest.raises(ArtifactError, match=rf"^{re.escape(str(weights))}: sha256 {file_sha256(weights)} does not "
+                                            rf"match {expected} .*: rebuild the linker"):
+        spacy.load(path)
 
 
 def test_integrity_linker_loader_names_a_changed_or_corrupt_vocab_file(build):
@@ -204,8 +225,10 @@ def test_integrity_corrupt_tables_and_manifest_are_one_named_error(build, capsys
     build.manifest.write_bytes(b"\xff" + build.manifest.read_bytes())
     with pytest.raises(ArtifactError, match=r"manifest\.json: not UTF-8 text \(byte 0\)"):
         read_manifest(build)
-    rc, out, err = _verify_cli(build, capsys)
-    assert rc == 2 and len(err.strip().splitlines()) == 1 and "manifest.json: not UTF-8" in err
+    result = run_cli("verify", "--name", build.name, "--root", str(build.root))  # a real process: no traceback
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [
+        f"kalora: error: {build.manifest}: not UTF-8 text (byte 0): the manifest is corrupt; restore it or rebuild the KG"]
 
 
 def test_integrity_adapters_are_verified_before_a_later_stage_loads_them(build):
