@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from pipelines import schema
 from pipelines.artifacts import atomic_write_bytes, fsync_dir, fsync_tree, staged_dir
 from pipelines.errors import InputError
-from pipelines.tables import TRIPLES_PER_PART
+from pipelines.table_writers import TRIPLES_PER_PART
 from pipelines.wikidata_chunks import read_table
 
 log = logging.getLogger(__name__)
