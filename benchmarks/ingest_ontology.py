@@ -9,8 +9,8 @@ set to one code tree; its peak RSS is sampled every 20 ms (process tree, psutil)
 (code A, code B, per size, per round) so that machine load affects both alike; medians reported.
 
 Generated inputs (seeded, fabricated: no HPO or UMLS content):
-- OBO: ``--terms`` terms, each with a name, a ~200-character definition, 5 synonyms, 3 xrefs, one
-  or two ``is_a`` parents among earlier terms, every 50th term obsolete with a ``replaced_by``;
+- OBO: ``--terms`` terms under one root, each with a name, a ~200-character definition, 5
+  synonyms, 3 xrefs, one or two ``is_a`` parents among the 1,000 terms before it, every 50th term obsolete with a ``replaced_by``;
 - UMLS: ``--concepts`` CUIs with 10 MRCONSO names each (2 of them in Spanish, filtered out), 2
   MRSTY types each, and 5 MRREL rows per concept.
 
@@ -56,10 +56,9 @@ def generate_obo(path: Path, terms: int, seed: int = 0) -> Path:
             lines += [f"xref: DB{k}:{rng.randint(1, 10**6)}" for k in range(3)]
             if i > 1 and i % 50 == 0:
                 lines += ["is_obsolete: true", f"replaced_by: GEN:{rng.randint(1, i - 1):07d}"]
-            elif i > 1:
-                lines += [f"is_a: GEN:{p:07d}" for p in sorted({rng.randint(max(1, i - 1000), i - 1)
-                                                               for _ in range(rng.randint(1, 2))})
-                          if p % 50]
+            elif i > 1:  # one root (term 1); parents among the 1,000 terms before, never obsolete ones
+                parents = {rng.randint(max(1, i - 1000), i - 1) for _ in range(rng.randint(1, 2))}
+                lines += [f"is_a: GEN:{p:07d}" for p in sorted({p if p % 50 else p - 1 for p in parents})]
             fh.write("\n".join(lines) + "\n\n")
     tmp.rename(path)
     return path
