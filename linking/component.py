@@ -30,14 +30,17 @@ from linking.config import LinkerConfig
 from linking.context import mention_contexts
 from linking.disambiguation import Ranked, rank
 from linking.kb import KnowledgeBase
+from linking.concepts import CONCEPTS_KEY, abbreviation_uses
 from linking.matcher import AliasMatcher
+from linking.negation import NegationRules, ScopeFinder
 from linking.reranker import RerankedGenerator
 from linking.retrieval import Retrieval
 from pipelines.errors import ArtifactError, InputError
 
 log = logging.getLogger(__name__)
 
-for _name, _default in (("kg_score", None), ("kg_candidates", None)):
+for _name, _default in (("kg_score", None), ("kg_candidates", None), ("negated", False), ("uncertain", False),
+                        ("abbreviation_of", None)):
     if not Span.has_extension(_name):
         Span.set_extension(_name, default=_default)
 
@@ -46,11 +49,14 @@ for _name, _default in (("kg_score", None), ("kg_candidates", None)):
 def make_kg_linker(nlp: Language, name: str, top_k: int, min_score: float, use_ner_spans: bool,
                    dense_model: str | None, fuzzy_weights: dict[str, float], weights: dict[str, float],
                    rerank: bool, name_encoder: bool, candidate_pool: dict[str, int],
-                   context_window: int) -> "KGLinker":
+                   context_window: int, abbreviations: bool, negation: bool, negation_scope: int,
+                   negation_triggers: dict[str, list[str]]) -> "KGLinker":
     config = LinkerConfig.from_dict(
         {"top_k": top_k, "min_score": min_score, "use_ner_spans": use_ner_spans, "dense_model": dense_model,
          "fuzzy_weights": fuzzy_weights, "weights": weights, "rerank": rerank, "name_encoder": name_encoder,
-         "candidate_pool": candidate_pool, "context_window": context_window}, where=f"components.{name}")
+         "candidate_pool": candidate_pool, "context_window": context_window, "abbreviations": abbreviations,
+         "negation": negation, "negation_scope": negation_scope, "negation_triggers": negation_triggers},
+        where=f"components.{name}")
     return KGLinker(nlp, name, config=replace(config, dense_model=resolve_dense_model(dense_model)))
 
 
@@ -78,6 +84,8 @@ class KGLinker:
         self.kb: KnowledgeBase | None = None
         self.retrieval: Retrieval | None = None
         self._matcher: AliasMatcher | None = None
+        self._scopes = ScopeFinder(NegationRules(config.negation_scope, {k: tuple(v) for k, v in
+                                                                         config.negation_triggers.items()}))
 
     # -- the knowledge base and its models ------------------------------------------------------------
     def initialize_kb(self, table: AliasTable, entity_ids: list[str], entity_types: list[str],
@@ -162,6 +170,14 @@ class KGLinker:
             ent._.kg_candidates = [(kb.entity_ids[r.entity_index - 1], round(r.score, 4))
                                    for r in options[: config.top_k]]
             linked.append(ent)
+        if config.abbreviations:  # a short form the document defines means what the document says
+            defined = abbreviation_uses(doc, linked)
+            covered = {(s.start, s.end) for s in defined}
+            linked = defined + [s for s in linked if (s.start, s.end) not in covered]
+        if config.negation:
+            for ent, (negated, uncertain) in zip(linked, self._scopes.mark(doc, linked)):
+                ent._.negated, ent._.uncertain = negated, uncertain
+        doc.spans[CONCEPTS_KEY] = sorted(linked, key=lambda s: (s.start, -s.end))
         doc.ents = filter_spans(linked)
         return doc
 
