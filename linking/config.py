@@ -20,7 +20,7 @@ from pipelines.errors import ConfigError
 FUZZY_GENERATORS = ("tfidf", "dense")
 # fields of LinkerConfig that are the spaCy component's config (the rest configure training)
 COMPONENT_FIELDS = ("top_k", "min_score", "use_ner_spans", "dense_model", "fuzzy_weights", "weights", "rerank",
-                    "name_encoder", "candidate_pool", "context_window", "abbreviations", "negation",
+                    "name_encoder", "candidate_pool", "context_window", "abbreviations", "coordination", "negation",
                     "negation_scope", "negation_triggers")
 
 
@@ -44,6 +44,7 @@ class LinkerConfig:
     candidate_pool: dict[str, int] = field(default_factory=dict)  # PoolSize overrides: char, stem, dense, enc
     context_window: int = 25         # tokens either side of a mention for context similarity
     abbreviations: bool = True       # link later uses of a short form defined in the text: "... syndrome (NBCCS)"
+    coordination: bool = True        # one concept per conjunct: "aplastic or hypoplastic nails"
     negation: bool = True            # set span._.negated / ._.uncertain (NegEx/ConText-style scopes)
     negation_scope: int = 8          # tokens a negation or uncertainty trigger reaches
     negation_triggers: dict[str, list[str]] = field(default_factory=dict)  # more phrases per trigger kind

@@ -115,3 +115,27 @@ def test_text_config_errors():
         LinkerConfig.from_dict({"negation_triggers": {"pre": ["nope"]}})
     cfg = LinkerConfig.from_dict({"negation_triggers": {"pre_negation": ["exclusion of"]}})
     assert cfg.component_config()["negation_triggers"] == {"pre_negation": ["exclusion of"]}
+
+
+def _coord_linker(config=None):
+    rows = [("Aplastic nails", "label", 1), ("Hypoplastic nails", "label", 2), ("Short stature", "label", 3),
+            ("Short limbs", "label", 4), ("Nail dystrophy", "label", 5)]
+    alias, kind, ent = zip(*rows)
+    table = AliasTable(list(alias), [normalize_alias(a) for a in alias], np.array(ent, np.int32), list(kind))
+    nlp = spacy.blank("en")
+    nlp.add_pipe("sentencizer")
+    nlp.add_pipe("kg_linker", config={"rerank": False, **(config or {})}).initialize_kb(
+        table, ["A", "H", "S", "L", "D"], ["PHENOTYPE"] * 5, np.zeros(5))
+    return nlp
+
+
+def test_coordinated_conjuncts_get_their_own_concept():
+    nlp = _coord_linker()
+    doc = nlp("He had aplastic, dystrophic or hypoplastic nails and short stature and limbs.")
+    got = [(s.text, s.kb_id_, s._.kg_text) for s in doc.spans[CONCEPTS_KEY]]
+    assert got == [("aplastic", "A", "aplastic nails"), ("hypoplastic nails", "H", None),
+                   ("short stature", "S", None), ("limbs", "L", "short limbs")]
+    assert [e.kb_id_ for e in doc.ents] == ["A", "H", "S", "L"]  # conjunct tokens do not overlap their match
+    # a reading that is no alias adds nothing; the switch turns the expansion off
+    assert doc_concepts(nlp("Dystrophic or hypoplastic nails.")) == ["H"]
+    assert doc_concepts(_coord_linker({"coordination": False})("Aplastic or hypoplastic nails.")) == ["H"]
