@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -98,16 +99,32 @@ def cmd_linker(args) -> dict:
 
 
 def cmd_link(args) -> None:
-    from linking.build import doc_links, link_texts, load_linker, read_lines
+    from linking.build import doc_links, load_linker
+    from linking.concepts import doc_concepts
+    from linking.documents import Intake, as_json, as_pubtator, link_documents
+    from pipelines.errors import InputError
 
     if (args.text is None) == (args.input is None):
-        from pipelines.errors import InputError
-
-        raise InputError("give either TEXT or --input FILE (one text per line)")
-    texts = [args.text] if args.text is not None else read_lines(Path(args.input))
+        raise InputError("give either TEXT or --input FILE|DIR (a directory of .txt files, a .jsonl file of "
+                         "{\"id\", \"text\"} objects, or a text file with one document per line)")
+    if args.n_process < 1 or args.batch_size < 1:
+        raise InputError("--n-process and --batch-size must be >= 1")
     nlp = load_linker(_layout(args))
-    for text, doc in zip(texts, link_texts(nlp, texts)):
-        print(json.dumps({"text": text, "spans": doc_links(doc)}, ensure_ascii=False))
+    if args.text is not None:
+        doc = nlp(args.text)
+        print(json.dumps({"text": args.text, "spans": doc_links(doc),
+                          "concepts": doc_concepts(doc, include_negated=args.include_negated)}, ensure_ascii=False))
+        return
+    intake = Intake(Path(args.input), max_chars=args.max_chars)
+    write = as_pubtator if args.format == "pubtator" else as_json
+    linked, start = 0, time.perf_counter()
+    for doc_id, doc in link_documents(nlp, intake, batch_size=args.batch_size, n_process=args.n_process):
+        print(write(doc_id, doc, args.include_negated), flush=False)
+        linked += 1
+    seconds = time.perf_counter() - start
+    print(f"linked {linked} documents in {seconds:.1f} s ({linked / max(seconds, 1e-9):.1f}/s)", file=sys.stderr)
+    for reason, n in sorted(intake.skipped.items()):
+        print(f"skipped {n} document(s): {reason.replace('_', ' ')} (e.g. {intake.examples[reason]})", file=sys.stderr)
 
 
 def cmd_candidates(args) -> None:
@@ -249,9 +266,14 @@ def _linking_parsers(sub) -> None:
     sp = _stage(sub, "linker", "build and save the spaCy pipeline with kg_linker", cmd_linker)
     sp.add_argument("--model", default=MODELS[0], choices=MODELS)
     sp.add_argument("--config", help="YAML with LinkerConfig fields (or a 'linker:' section)")
-    sp = _stage(sub, "link", "link text (JSONL to stdout)", cmd_link)
+    sp = _stage(sub, "link", "link text or documents (JSONL or PubTator to stdout)", cmd_link)
     sp.add_argument("text", nargs="?")
-    sp.add_argument("--input", help="a file with one text per line")
+    sp.add_argument("--input", help="a directory of .txt files, a .jsonl file of {id, text}, or one document per line")
+    sp.add_argument("--format", choices=("jsonl", "pubtator"), default="jsonl")
+    sp.add_argument("--n-process", type=int, default=1, help="processes for nlp.pipe (each loads the pipeline)")
+    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--max-chars", type=int, default=1_000_000, help="longer documents are skipped and counted")
+    sp.add_argument("--include-negated", action="store_true", help="keep negated mentions in concept lists")
     sp = _stage(sub, "candidates", "candidates for one mention per line (JSONL to stdout)", cmd_candidates)
     sp.add_argument("--input", required=True)
     sp.add_argument("--k", type=int, default=10)

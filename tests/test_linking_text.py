@@ -139,3 +139,52 @@ def test_coordinated_conjuncts_get_their_own_concept():
     # a reading that is no alias adds nothing; the switch turns the expansion off
     assert doc_concepts(nlp("Dystrophic or hypoplastic nails.")) == ["H"]
     assert doc_concepts(_coord_linker({"coordination": False})("Aplastic or hypoplastic nails.")) == ["H"]
+
+
+def test_document_intake_counts_what_it_skips(tmp_path):
+    from linking.documents import Intake
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("Seizures were seen.")
+    (docs / "b.txt").write_text("   \n")
+    (docs / "c.txt").write_bytes(b"bad \xff byte")
+    (docs / "d.txt").write_text("x" * 50)
+    intake = Intake(docs, max_chars=40)
+    assert list(intake) == [("a", "Seizures were seen.")]
+    assert intake.skipped == {"empty": 1, "not_utf8": 1, "too_long": 1}
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text('{"id": "p1", "text": "Ptosis."}\n{"id": "p2", "text": 5}\n')
+    intake = Intake(jsonl)
+    assert list(intake) == [("p1", "Ptosis.")] and intake.skipped == {"not_text": 1}
+    jsonl.write_text('{"id": "p1"}\n')
+    with pytest.raises(Exception, match=r"d.jsonl:1: expected an object with a \"text\" field"):
+        list(Intake(jsonl))
+
+
+def test_cli_link_streams_a_directory_as_jsonl_and_pubtator(tmp_path, tiny_build):
+    import json
+
+    from tests.conftest import run_cli
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "p1.txt").write_text("The boy had no seizures. He had a clouded lens.")
+    (docs / "p2.txt").write_text("")
+    (docs / "p3.txt").write_bytes(b"\xff\xfe")
+    root, name = str(tiny_build.root), tiny_build.name
+    r = run_cli("link", "--name", name, "--root", root, "--input", str(docs))
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert [row["id"] for row in rows] == ["p1"]
+    spans = {s["text"]: s for s in rows[0]["spans"]}
+    assert spans["seizures"]["negated"] is True and spans["clouded lens"]["negated"] is False
+    assert rows[0]["concepts"] == ["HP:9000003"]
+    assert "skipped 1 document(s): empty" in r.stderr and "skipped 1 document(s): not utf8" in r.stderr
+    r = run_cli("link", "--name", name, "--root", root, "--input", str(docs), "--format", "pubtator")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[:2] == ["p1|t|", "p1|a|The boy had no seizures. He had a clouded lens."]
+    assert [ln.split("\t")[1:4] + ln.split("\t")[5:] for ln in lines[2:] if ln.strip()] == [["34", "46", "clouded lens", "HP:9000003"]]
+    r = run_cli("link", "--name", name, "--root", root, "--input", str(tmp_path / "missing"))
+    assert r.returncode == 2 and "no such file or directory" in r.stderr
