@@ -25,15 +25,11 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest_triples import tree_rss  # noqa: E402
+from ingest_triples import run_sampled  # noqa: E402
 
 
 def _words(rng: random.Random, n: int) -> str:
@@ -94,23 +90,11 @@ def run(source: Path, fmt: str, code: Path, root: Path) -> dict:
     cmd = [sys.executable, "-m", "flows.cli", "ingest", *sources, "--format", fmt, "--name", "g", "--root",
            str(root), "--force"]
     env = {**os.environ, "PYTHONPATH": str(code)}
-    started = time.perf_counter()
     err_path = root.parent / "stderr.txt"
-    with open(root.parent / "stdout.txt", "w") as out, open(err_path, "w") as err:
-        child = subprocess.Popen(cmd, cwd=code, stdout=out, stderr=err, env=env)
-    proc, peak = psutil.Process(child.pid), 0
-    while True:
-        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-        if pid:
-            break
-        try:
-            peak = max(peak, tree_rss(proc))
-        except psutil.NoSuchProcess:
-            pass
-        time.sleep(0.02)
+    peak, status, usage, wall = run_sampled(cmd, code, root.parent / "stdout.txt", err_path, env)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"ingest failed ({code}): {err_path.read_text()[-2000:]}")
-    return {"peak_rss_mb": round(peak / 2**20, 1), "wall_s": round(time.perf_counter() - started, 1),
+    return {"peak_rss_mb": round(peak / 2**20, 1), "wall_s": round(wall, 1),
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 1)}
 
 
