@@ -13,6 +13,7 @@ from typing import Any
 from pipelines.artifacts import ArtifactLayout, Timer, input_digest, read_manifest, record_stage
 from pipelines.config import check_range
 from pipelines.errors import DumpParseError, InputError
+from pipelines.locking import kg_write_lock
 from pipelines.readers import check_readable
 from pipelines.tables import KGBuilder
 
@@ -232,8 +233,17 @@ def ingest(sources: list[str | Path], fmt: str | None, layout: ArtifactLayout,
     so into the manifest and the summary table).
     An unchanged ingest (same input content hashes and options, ``kg/`` present) is skipped unless
     ``options.force``.
+
+    The KG's writer lock (:mod:`pipelines.locking`) is held throughout: a second writer of the same
+    ``<root>/<name>`` fails with the holder's pid instead of taking this run's chunks for its own.
     """
     pairs = resolve_formats([Path(s) for s in sources], fmt)
+    with kg_write_lock(layout):
+        return _ingest_locked(pairs, layout, options, executor)
+
+
+def _ingest_locked(pairs: list[tuple[Path, str]], layout: ArtifactLayout, options: IngestOptions,
+                   executor: Any) -> dict[str, Any]:
     params = {"formats": [f for _, f in pairs], **options.cache_key()}
     if not options.force and (prev := _previous_if_unchanged(layout, pairs, params)) is not None:
         log.info("ingest: inputs and options unchanged since %s; keeping %s (force to redo)",
