@@ -14,7 +14,7 @@ from pipelines.artifacts import ArtifactLayout, Timer, input_digest, read_manife
 from pipelines.config import check_range
 from pipelines.errors import DumpParseError, InputError
 from pipelines.locking import kg_write_lock
-from pipelines.readers import check_readable
+from pipelines.readers import check_readable, lines_before_damage
 from pipelines.tables import KGBuilder
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,9 @@ def _read_with_builder(pairs: list[tuple[Path, str]], layout: ArtifactLayout,
             except UnicodeDecodeError as exc:
                 raise DumpParseError(path, None, f"not UTF-8 text (byte offset {exc.start} of a block): is the --format right?") from None
             except EOFError as exc:
-                raise DumpParseError(path, None, f"compressed file is truncated ({exc})") from None
+                line = lines_before_damage(path)
+                raise DumpParseError(path, line + 1, f"compressed stream ended early or is corrupt after line "
+                                     f"{line:,} ({exc})") from None
     except BaseException:
         builder.close()
         raise

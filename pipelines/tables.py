@@ -28,6 +28,7 @@ from pipelines import schema
 from pipelines.artifacts import fsync_tree, staged_dir
 from pipelines.errors import DumpParseError, InputError
 from pipelines.normalize import normalize_alias
+from pipelines.storage import storage_errors
 from pipelines.spill import RUN_ROWS, SortedRuns, batched
 
 log = logging.getLogger(__name__)
@@ -305,7 +306,7 @@ def _entity_columns(rows: list[tuple[int, Entity]], names: list[str]) -> dict[st
 def write_rows(path: Path, table_schema: pa.Schema, to_columns, rows) -> int:
     """Write ``rows`` to one Parquet file in bounded batches (``to_columns`` turns a batch into columns)."""
     n = 0
-    with pq.ParquetWriter(path, table_schema) as writer:
+    with storage_errors(path), pq.ParquetWriter(path, table_schema) as writer:
         for chunk in batched(rows, WRITE_ROWS):
             writer.write_table(pa.table(to_columns(chunk, table_schema.names), schema=table_schema))
             n += len(chunk)
