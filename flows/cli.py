@@ -222,7 +222,7 @@ def _run_locked(args) -> Any:
         return args.func(args)
     from pipelines.locking import kg_write_lock
 
-    with kg_write_lock(_layout(args), wait=args.wait):
+    with kg_write_lock(_layout(args), wait=args.wait, create=args.command == "ingest"):
         return args.func(args)
 
 

@@ -37,7 +37,7 @@ from typing import Any
 from filelock import Timeout, UnixFileLock
 
 from pipelines.artifacts import ArtifactLayout
-from pipelines.errors import KGLockedError
+from pipelines.errors import InputError, KGLockedError
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,10 @@ def describe_holder(record: dict[str, Any] | None) -> str:
 
 
 def _lock(layout: ArtifactLayout) -> UnixFileLock:
-    layout.base.mkdir(parents=True, exist_ok=True)
+    try:
+        layout.base.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{layout.base}: cannot create the KG folder ({exc.strerror})") from None
     # one instance per path in this process (is_singleton) with a hold count shared by its threads
     # (thread_local=False): the tasks of a run re-enter the run's hold instead of deadlocking on it
     return UnixFileLock(lock_path(layout), thread_local=False, is_singleton=True, preserve_lock_file=True,
@@ -105,11 +108,16 @@ def held_here(layout: ArtifactLayout) -> bool:
 
 
 @contextlib.contextmanager
-def kg_write_lock(layout: ArtifactLayout, wait: bool = False) -> Iterator[None]:
+def kg_write_lock(layout: ArtifactLayout, wait: bool = False, create: bool = True) -> Iterator[None]:
     """Hold the writer lock of ``<root>/<name>`` for the block (re-entrant within this process).
 
     Held elsewhere: raise :class:`KGLockedError` naming the holder, or with ``wait`` block until it
-    is released (a dead holder's lock is released by the kernel)."""
+    is released (a dead holder's lock is released by the kernel). ``create=False``: a KG folder that
+    does not exist is not created for the lock (a stage that needs upstream artifacts fails with
+    its own message, without leaving an empty folder behind)."""
+    if not create and not layout.base.is_dir():
+        yield
+        return
     lock = _lock(layout)
     try:
         with _GUARD:
