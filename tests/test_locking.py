@@ -187,5 +187,5 @@ def test_locking_ingest_started_during_the_merge(big_dump, tmp_path, monkeypatch
 
 
 def test_locking_stage_without_its_kg_leaves_no_folder(tmp_path):
-    _one_line(run_cli("index", "--name", "missing", "--root", str(tmp_path)), r"does not exist: run `kalora ingest")
+    _one_line(run_cli("index", "--name", "missing", "--root", str(tmp_path)), r"does not exist: run `kalora embed")
     assert not (tmp_path / "missing").exists()
