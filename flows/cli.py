@@ -178,9 +178,14 @@ def cmd_run(args) -> dict:
     from flows.build import build_kg
     from flows.report import print_report
 
+    from pipelines.artifacts import ArtifactLayout
+    from pipelines.locking import kg_write_lock
+
     _quiet_user_error_tracebacks()
 
-    results = build_kg(config=cfg, force=args.force, wait=args.wait)
+    # taken here too, before Prefect starts, so that a busy KG fails fast; build_kg re-enters it
+    with kg_write_lock(ArtifactLayout(Path(cfg.root), cfg.name), wait=args.wait):
+        results = build_kg(config=cfg, force=args.force, wait=args.wait)
     print_report(cfg, results)
     return results
 

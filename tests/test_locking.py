@@ -126,6 +126,18 @@ def test_locking_other_kgs_and_readers_do_not_block(tmp_path, tiny_build):
     assert lock_path(tiny_build).exists()
 
 
+def test_locking_run_on_a_busy_kg_fails_fast(tmp_path, tiny_sources):
+    cfg = tmp_path / "build.yaml"
+    cfg.write_text(f"name: kg\nroot: {tmp_path}\nsources: [{', '.join(map(str, tiny_sources))}]\n")
+    proc = _holder_process(tmp_path, "kg")
+    try:
+        _one_line(run_cli("run", str(cfg)), rf"^kalora: error: .*kg is being written by pid {proc.pid} on ")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not (tmp_path / "kg" / "kg").exists()
+
+
 # -- the two concurrency cases, with real `kalora ingest` processes -------------------------
 @pytest.fixture(scope="module")
 def big_dump(tmp_path_factory, data_dir) -> Path:
