@@ -59,8 +59,8 @@ class BuildConfig:
 
         for key in ("name", "root"):
             value = getattr(self, key)
-            if not isinstance(value, str) or not value:
-                raise ConfigError(f"[{key}] expected a non-empty string, got {value!r}")
+            if not isinstance(value, str) or not value or "\x00" in value:
+                raise ConfigError(f"[{key}] expected a non-empty string (no NUL character), got {value!r}")
         if "/" in self.name or self.name in (".", ".."):
             raise ConfigError(f"[name] must be a folder name (no '/'), got {self.name!r}")
         if not self.sources or not all(isinstance(s, str) and s for s in self.sources):

@@ -94,8 +94,8 @@ def describe_holder(record: dict[str, Any] | None) -> str:
 def _lock(layout: ArtifactLayout) -> UnixFileLock:
     try:
         layout.base.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{layout.base}: cannot create the KG folder ({exc.strerror})") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise InputError(f"{layout.base}: cannot create the KG folder ({getattr(exc, 'strerror', None) or exc})") from None
     # one instance per path in this process (is_singleton) with a hold count shared by its threads
     # (thread_local=False): the tasks of a run re-enter the run's hold instead of deadlocking on it
     return UnixFileLock(lock_path(layout), thread_local=False, is_singleton=True, preserve_lock_file=True,
