@@ -330,6 +330,14 @@ def main(argv: list[str] | None = None) -> int:
     except KaloraError as exc:
         print(f"kalora: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a full disk or an I/O error at a writer that did not name its file
+        from pipelines.storage import storage_error
+
+        err = storage_error(exc, Path(getattr(args, "root", None) or ".") / (getattr(args, "name", None) or ""))
+        if err is None:
+            raise
+        print(f"kalora: error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("kalora: interrupted", file=sys.stderr)
         return 130

