@@ -9,6 +9,7 @@ already resolved ``BuildConfig``); the stage flows below it take the resolved co
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from flows.stages import SPECS, STAGE_NAMES, fingerprint, lookup, shard_inputs
 from pipelines.artifacts import ArtifactLayout, file_sha256, stamp_cache
 from pipelines.errors import ConfigError, KaloraError
 from pipelines.locking import kg_write_lock
+from pipelines.storage import storage_errno
 
 # -- retries: transient I/O only, never bad input -----------------------------------------------
 _NOT_TRANSIENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
@@ -30,6 +32,8 @@ def is_transient(exc: BaseException | None) -> bool:
     """Network and storage hiccups (connection resets, timeouts, EIO) are worth another try; a user
     error or a missing/unreadable path is not: it fails the same way every time."""
     if exc is None or isinstance(exc, KaloraError) or isinstance(exc, _NOT_TRANSIENT):
+        return False
+    if storage_errno(exc) in (errno.ENOSPC, errno.EDQUOT):  # a full disk stays full for the retry
         return False
     return isinstance(exc, (OSError, TimeoutError, ConnectionError))
 

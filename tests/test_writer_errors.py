@@ -161,3 +161,12 @@ def test_writer_errors_cli_catches_a_storage_failure_without_a_path(tmp_path, mo
     monkeypatch.setattr(cli, "cmd_index", bug)
     with pytest.raises(KeyError):
         main(["index", "--name", "kg", "--root", str(tmp_path)])
+
+
+def test_writer_errors_full_disk_is_not_retried_by_the_flow():
+    from flows.build import is_transient
+
+    assert not is_transient(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    assert not is_transient(OSError("Error writing bytes to file. Detail: [errno 28] No space left on device"))
+    assert not is_transient(StorageError("x: No space left on device while writing"))
+    assert is_transient(OSError(errno.EIO, os.strerror(errno.EIO)))  # storage that may come back
