@@ -153,7 +153,7 @@ def _tables(layout: ArtifactLayout) -> dict:
 
 def _ingest_args(dump: Path, root: Path) -> list[str]:
     return ["ingest", str(dump), "--format", "wikidata", "--name", "wd", "--root", str(root),
-            "--workers", "1", "--chunk-mb", "0.25"]
+            "--workers", "1", "--chunk-mb", "0.1"]
 
 
 def test_locking_two_ingests_one_second_apart(big_dump, tmp_path):
