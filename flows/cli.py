@@ -195,9 +195,14 @@ def cmd_run(args) -> dict:
     from flows.build import build_kg
     from flows.report import print_report
 
+    from pipelines.artifacts import ArtifactLayout
+    from pipelines.locking import kg_write_lock
+
     _quiet_user_error_tracebacks()
 
-    results = build_kg(config=cfg, force=args.force)
+    # taken here too, before Prefect starts, so that a busy KG fails fast; build_kg re-enters it
+    with kg_write_lock(ArtifactLayout(Path(cfg.root), cfg.name), wait=args.wait):
+        results = build_kg(config=cfg, force=args.force, wait=args.wait)
     print_report(cfg, results)
     return results
 
@@ -213,12 +218,34 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# Subcommands that write under <root>/<name>: they hold the KG's writer lock (pipelines.locking);
+# `run` takes it inside the build-kg flow. link and candidates only read and never wait for it.
+WRITERS = ("ingest", "embed", "index", "linker", "shards", "train")
+
+
 def _stage(sub, name: str, help_: str, func) -> argparse.ArgumentParser:
     sp = sub.add_parser(name, help=help_)
     sp.add_argument("--name", required=True, help="KG name (a folder under --root)")
     sp.add_argument("--root", default="./artifacts", help="artifact root (default ./artifacts)")
+    if name in WRITERS:
+        _wait_flag(sp)
     sp.set_defaults(func=func)
     return sp
+
+
+def _wait_flag(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--wait", action="store_true",
+                    help="when another process is writing this KG, wait for it to finish (default: exit 2 naming it)")
+
+
+def _run_locked(args) -> Any:
+    """``args.func(args)``, holding the KG's writer lock for the writing subcommands."""
+    if args.command not in WRITERS:
+        return args.func(args)
+    from pipelines.locking import kg_write_lock
+
+    with kg_write_lock(_layout(args), wait=args.wait, create=args.command == "ingest"):
+        return args.func(args)
 
 
 def _ingest_parser(sub) -> None:
@@ -295,6 +322,7 @@ def _training_parsers(sub) -> None:
     sp.add_argument("--root", help="artifact root (overrides the config's)")
     sp.add_argument("--force", action="append", metavar="STAGE",
                     help="re-run STAGE even when its inputs, parameters and code are unchanged (repeatable; 'all')")
+    _wait_flag(sp)
     sp.set_defaults(func=cmd_run)
 
 
@@ -316,13 +344,21 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
-        result = args.func(args)
+        result = _run_locked(args)
         if isinstance(result, dict) and args.command not in ("run",):
             print(json.dumps({k: result.get(k) for k in ("outputs", "counts", "metrics", "wall_time_s") if k in result},
                              indent=2, default=str))
         return 0
     except KaloraError as exc:
         print(f"kalora: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a full disk or an I/O error at a writer that did not name its file
+        from pipelines.storage import storage_error
+
+        err = storage_error(exc, Path(getattr(args, "root", None) or ".") / (getattr(args, "name", None) or ""))
+        if err is None:
+            raise
+        print(f"kalora: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kalora: interrupted", file=sys.stderr)

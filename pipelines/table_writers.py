@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 
 from pipelines import schema
 from pipelines.spill import batched
+from pipelines.storage import storage_errors
 
 TRIPLES_PER_PART = 1_000_000
 WRITE_ROWS = 65_536  # rows per Parquet write call (row group) while streaming a table out
@@ -32,7 +33,7 @@ def entity_columns(rows: list[tuple[int, object]], names: list[str]) -> dict[str
 def write_rows(path: Path, table_schema: pa.Schema, to_columns, rows) -> int:
     """Write ``rows`` to one Parquet file in bounded batches (``to_columns`` turns a batch into columns)."""
     n = 0
-    with pq.ParquetWriter(path, table_schema) as writer:
+    with storage_errors(path), pq.ParquetWriter(path, table_schema) as writer:
         for chunk in batched(rows, WRITE_ROWS):
             writer.write_table(pa.table(to_columns(chunk, table_schema.names), schema=table_schema))
             n += len(chunk)

@@ -341,5 +341,3 @@ def drop_row(counts: Counter, reason: str, path: Path, line: int | None, what: s
     if strict:
         raise DumpParseError(path, line, f"{what} (--strict: it would be dropped as {reason.replace('_', ' ')})")
     counts[f"dropped_{reason}"] += 1
-
-
