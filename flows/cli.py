@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -98,16 +99,32 @@ def cmd_linker(args) -> dict:
 
 
 def cmd_link(args) -> None:
-    from linking.build import doc_links, link_texts, load_linker, read_lines
+    from linking.build import doc_links, load_linker
+    from linking.concepts import doc_concepts
+    from linking.documents import Intake, as_json, as_pubtator, link_documents
+    from pipelines.errors import InputError
 
     if (args.text is None) == (args.input is None):
-        from pipelines.errors import InputError
-
-        raise InputError("give either TEXT or --input FILE (one text per line)")
-    texts = [args.text] if args.text is not None else read_lines(Path(args.input))
+        raise InputError("give either TEXT or --input FILE|DIR (a directory of .txt files, a .jsonl file of "
+                         "{\"id\", \"text\"} objects, or a text file with one document per line)")
+    if args.n_process < 1 or args.batch_size < 1:
+        raise InputError("--n-process and --batch-size must be >= 1")
     nlp = load_linker(_layout(args))
-    for text, doc in zip(texts, link_texts(nlp, texts)):
-        print(json.dumps({"text": text, "spans": doc_links(doc)}, ensure_ascii=False))
+    if args.text is not None:
+        doc = nlp(args.text)
+        print(json.dumps({"text": args.text, "spans": doc_links(doc),
+                          "concepts": doc_concepts(doc, include_negated=args.include_negated)}, ensure_ascii=False))
+        return
+    intake = Intake(Path(args.input), max_chars=args.max_chars)
+    write = as_pubtator if args.format == "pubtator" else as_json
+    linked, start = 0, time.perf_counter()
+    for doc_id, doc in link_documents(nlp, intake, batch_size=args.batch_size, n_process=args.n_process):
+        print(write(doc_id, doc, args.include_negated), flush=False)
+        linked += 1
+    seconds = time.perf_counter() - start
+    print(f"linked {linked} documents in {seconds:.1f} s ({linked / max(seconds, 1e-9):.1f}/s)", file=sys.stderr)
+    for reason, n in sorted(intake.skipped.items()):
+        print(f"skipped {n} document(s): {reason.replace('_', ' ')} (e.g. {intake.examples[reason]})", file=sys.stderr)
 
 
 def cmd_candidates(args) -> None:
@@ -192,9 +209,14 @@ def cmd_run(args) -> dict:
     from flows.build import build_kg
     from flows.report import print_report
 
+    from pipelines.artifacts import ArtifactLayout
+    from pipelines.locking import kg_write_lock
+
     _quiet_user_error_tracebacks()
 
-    results = build_kg(config=cfg, force=args.force)
+    # taken here too, before Prefect starts, so that a busy KG fails fast; build_kg re-enters it
+    with kg_write_lock(ArtifactLayout(Path(cfg.root), cfg.name), wait=args.wait):
+        results = build_kg(config=cfg, force=args.force, wait=args.wait)
     print_report(cfg, results)
     return results
 
@@ -210,12 +232,34 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# Subcommands that write under <root>/<name>: they hold the KG's writer lock (pipelines.locking);
+# `run` takes it inside the build-kg flow. link and candidates only read and never wait for it.
+WRITERS = ("ingest", "embed", "index", "linker", "shards", "train")
+
+
 def _stage(sub, name: str, help_: str, func) -> argparse.ArgumentParser:
     sp = sub.add_parser(name, help=help_)
     sp.add_argument("--name", required=True, help="KG name (a folder under --root)")
     sp.add_argument("--root", default="./artifacts", help="artifact root (default ./artifacts)")
+    if name in WRITERS:
+        _wait_flag(sp)
     sp.set_defaults(func=func)
     return sp
+
+
+def _wait_flag(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--wait", action="store_true",
+                    help="when another process is writing this KG, wait for it to finish (default: exit 2 naming it)")
+
+
+def _run_locked(args) -> Any:
+    """``args.func(args)``, holding the KG's writer lock for the writing subcommands."""
+    if args.command not in WRITERS:
+        return args.func(args)
+    from pipelines.locking import kg_write_lock
+
+    with kg_write_lock(_layout(args), wait=args.wait, create=args.command == "ingest"):
+        return args.func(args)
 
 
 def _ingest_parser(sub) -> None:
@@ -263,9 +307,14 @@ def _linking_parsers(sub) -> None:
     sp = _stage(sub, "linker", "build and save the spaCy pipeline with kg_linker", cmd_linker)
     sp.add_argument("--model", default=MODELS[0], choices=MODELS)
     sp.add_argument("--config", help="YAML with LinkerConfig fields (or a 'linker:' section)")
-    sp = _stage(sub, "link", "link text (JSONL to stdout)", cmd_link)
+    sp = _stage(sub, "link", "link text or documents (JSONL or PubTator to stdout)", cmd_link)
     sp.add_argument("text", nargs="?")
-    sp.add_argument("--input", help="a file with one text per line")
+    sp.add_argument("--input", help="a directory of .txt files, a .jsonl file of {id, text}, or one document per line")
+    sp.add_argument("--format", choices=("jsonl", "pubtator"), default="jsonl")
+    sp.add_argument("--n-process", type=int, default=1, help="processes for nlp.pipe (each loads the pipeline)")
+    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--max-chars", type=int, default=1_000_000, help="longer documents are skipped and counted")
+    sp.add_argument("--include-negated", action="store_true", help="keep negated mentions in concept lists")
     sp = _stage(sub, "candidates", "candidates for one mention per line (JSONL to stdout)", cmd_candidates)
     sp.add_argument("--input", required=True)
     sp.add_argument("--k", type=int, default=10)
@@ -287,6 +336,7 @@ def _training_parsers(sub) -> None:
     sp.add_argument("--root", help="artifact root (overrides the config's)")
     sp.add_argument("--force", action="append", metavar="STAGE",
                     help="re-run STAGE even when its inputs, parameters and code are unchanged (repeatable; 'all')")
+    _wait_flag(sp)
     sp.set_defaults(func=cmd_run)
     _stage(sub, "verify", "check every artifact file against the digests in the manifest", cmd_verify)
 
@@ -309,13 +359,21 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
-        result = args.func(args)
+        result = _run_locked(args)
         if isinstance(result, dict) and args.command not in ("run",):
             print(json.dumps({k: result.get(k) for k in ("outputs", "counts", "metrics", "wall_time_s") if k in result},
                              indent=2, default=str))
         return 0
     except KaloraError as exc:
         print(f"kalora: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a full disk or an I/O error at a writer that did not name its file
+        from pipelines.storage import storage_error
+
+        err = storage_error(exc, Path(getattr(args, "root", None) or ".") / (getattr(args, "name", None) or ""))
+        if err is None:
+            raise
+        print(f"kalora: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kalora: interrupted", file=sys.stderr)

@@ -59,8 +59,8 @@ class BuildConfig:
 
         for key in ("name", "root"):
             value = getattr(self, key)
-            if not isinstance(value, str) or not value:
-                raise ConfigError(f"[{key}] expected a non-empty string, got {value!r}")
+            if not isinstance(value, str) or not value or "\x00" in value:
+                raise ConfigError(f"[{key}] expected a non-empty string (no NUL character), got {value!r}")
         if "/" in self.name or self.name in (".", ".."):
             raise ConfigError(f"[name] must be a folder name (no '/'), got {self.name!r}")
         if not self.sources or not all(isinstance(s, str) and s for s in self.sources):
@@ -113,7 +113,13 @@ def read_config_file(spec: str | None) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{spec}: no such config file (expected 'hpo' or a YAML build config)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): expected a YAML build config") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):

@@ -24,7 +24,7 @@ def _entity_label(types: list[str] | None) -> str:
 
 
 def build_linker(layout: ArtifactLayout, model: str | None = "transe", config: LinkerConfig | None = None) -> dict[str, Any]:
-    """spacy.blank("en") + ``kg_linker`` over the KG's aliases (and KG vectors for coherence); the
+    """spacy.blank("en") + a sentencizer + ``kg_linker`` over the KG's aliases (and KG vectors for coherence); the
     component gets ``config``'s component settings, :func:`linking.train.train_models` its training
     settings. The saved pipeline carries every model and index (see :mod:`linking.component`)."""
     import spacy
@@ -42,6 +42,7 @@ def build_linker(layout: ArtifactLayout, model: str | None = "transe", config: L
         if model is not None and (layout.embeddings(model) / "entities.npy").exists():
             vectors = np.load(layout.embeddings(model) / "entities.npy", allow_pickle=False)
         nlp = spacy.blank("en")
+        nlp.add_pipe("sentencizer")  # sentence bounds for negation scopes and abbreviation definitions
         linker = nlp.add_pipe("kg_linker", config=config.component_config())
         linker.set_kb(KnowledgeBase.create(table, ents.column("entity_id").to_pylist(),
                                            [_entity_label(t) for t in ents.column("types").to_pylist()],
@@ -76,7 +77,8 @@ def load_linker(layout: ArtifactLayout):
 
 def doc_links(doc) -> list[dict[str, Any]]:
     return [{"start": e.start_char, "end": e.end_char, "text": e.text, "kb_id": e.kb_id_, "label": e.label_,
-             "score": e._.kg_score, "candidates": [{"entity_id": i, "score": s} for i, s in e._.kg_candidates or []]}
+             "score": e._.kg_score, "negated": e._.negated, "uncertain": e._.uncertain,
+             "candidates": [{"entity_id": i, "score": s} for i, s in e._.kg_candidates or []]}
             for e in doc.ents]
 
 

@@ -28,16 +28,20 @@ from linking.candidates import CandidateGenerator, candidates_from_rows
 from linking.checksums import write_checksums, verify_checksums
 from linking.config import LinkerConfig
 from linking.context import mention_contexts
+from linking.coordination import expansions
 from linking.disambiguation import Ranked, rank
 from linking.kb import KnowledgeBase
+from linking.concepts import CONCEPTS_KEY, abbreviation_uses
 from linking.matcher import AliasMatcher
+from linking.negation import NegationRules, ScopeFinder
 from linking.reranker import RerankedGenerator
 from linking.retrieval import Retrieval
 from pipelines.errors import ArtifactError, InputError
 
 log = logging.getLogger(__name__)
 
-for _name, _default in (("kg_score", None), ("kg_candidates", None)):
+for _name, _default in (("kg_score", None), ("kg_candidates", None), ("negated", False), ("uncertain", False),
+                        ("abbreviation_of", None), ("kg_text", None)):
     if not Span.has_extension(_name):
         Span.set_extension(_name, default=_default)
 
@@ -46,11 +50,14 @@ for _name, _default in (("kg_score", None), ("kg_candidates", None)):
 def make_kg_linker(nlp: Language, name: str, top_k: int, min_score: float, use_ner_spans: bool,
                    dense_model: str | None, fuzzy_weights: dict[str, float], weights: dict[str, float],
                    rerank: bool, name_encoder: bool, candidate_pool: dict[str, int],
-                   context_window: int) -> "KGLinker":
+                   context_window: int, abbreviations: bool, coordination: bool, negation: bool, negation_scope: int,
+                   negation_triggers: dict[str, list[str]]) -> "KGLinker":
     config = LinkerConfig.from_dict(
         {"top_k": top_k, "min_score": min_score, "use_ner_spans": use_ner_spans, "dense_model": dense_model,
          "fuzzy_weights": fuzzy_weights, "weights": weights, "rerank": rerank, "name_encoder": name_encoder,
-         "candidate_pool": candidate_pool, "context_window": context_window}, where=f"components.{name}")
+         "candidate_pool": candidate_pool, "context_window": context_window, "abbreviations": abbreviations,
+         "coordination": coordination, "negation": negation, "negation_scope": negation_scope, "negation_triggers": negation_triggers},
+        where=f"components.{name}")
     return KGLinker(nlp, name, config=replace(config, dense_model=resolve_dense_model(dense_model)))
 
 
@@ -78,6 +85,8 @@ class KGLinker:
         self.kb: KnowledgeBase | None = None
         self.retrieval: Retrieval | None = None
         self._matcher: AliasMatcher | None = None
+        self._scopes = ScopeFinder(NegationRules(config.negation_scope, {k: tuple(v) for k, v in
+                                                                         config.negation_triggers.items()}))
 
     # -- the knowledge base and its models ------------------------------------------------------------
     def initialize_kb(self, table: AliasTable, entity_ids: list[str], entity_types: list[str],
@@ -137,31 +146,48 @@ class KGLinker:
         self._require().prior = value
 
     # -- linking ------------------------------------------------------------------------------
-    def __call__(self, doc: Doc) -> Doc:
+    def _mentions(self, doc: Doc) -> tuple[list[Span], list, list[str | None]]:
+        """Mention spans, their candidates, and the reading a coordinated conjunct was looked up as."""
         kb, config = self._require(), self.config
         if config.use_ner_spans and doc.ents:
             spans = list(doc.ents)
-            cands = self._hybrid(kb.table)([s.text for s in spans], config.top_k)
-        else:
-            tokens = [(t.text, t.idx, t.idx + len(t.text)) for t in doc]
-            found = self._matcher.find(doc.text, tokens)
-            spans = [doc[s:e] for s, e, _ in found]
-            cands = [candidates_from_rows(kb.table, rows, config.top_k) for _, _, rows in found]
+            return spans, self._hybrid(kb.table)([s.text for s in spans], config.top_k), [None] * len(spans)
+        tokens = [(t.text, t.idx, t.idx + len(t.text)) for t in doc]
+        found = self._matcher.find(doc.text, tokens)
+        readings: list[str | None] = [None] * len(found)
+        if config.coordination:
+            extra = expansions(doc, found, self._matcher)
+            found += [(s, e, rows) for s, e, rows, _ in extra]
+            readings += [text for *_, text in extra]
+        cands = [candidates_from_rows(kb.table, rows, config.top_k) for _, _, rows in found]
+        return [doc[s:e] for s, e, _ in found], cands, readings
+
+    def __call__(self, doc: Doc) -> Doc:
+        kb, config = self._require(), self.config
+        spans, cands, readings = self._mentions(doc)
         context = None
         if self.weights.context > 0 and config.context_window > 0 and spans:
             context = self.retrieval.context_model().similarity(mention_contexts(doc, spans, config.context_window),
                                                                 [[c.entity_index for c in cs] for cs in cands])
         linked = []
-        for span, options in zip(spans, rank(cands, kb.prior, kb.vectors, self.weights, context)):
+        for span, reading, options in zip(spans, readings, rank(cands, kb.prior, kb.vectors, self.weights, context)):
             if not options or options[0].score < config.min_score:
                 continue
             best = options[0]
             ent = Span(doc, span.start, span.end, label=kb.entity_types[best.entity_index - 1],
                        kb_id=kb.entity_ids[best.entity_index - 1])
-            ent._.kg_score = round(best.score, 4)
+            ent._.kg_score, ent._.kg_text = round(best.score, 4), reading
             ent._.kg_candidates = [(kb.entity_ids[r.entity_index - 1], round(r.score, 4))
                                    for r in options[: config.top_k]]
             linked.append(ent)
+        if config.abbreviations:  # a short form the document defines means what the document says
+            defined = abbreviation_uses(doc, linked)
+            covered = {(s.start, s.end) for s in defined}
+            linked = defined + [s for s in linked if (s.start, s.end) not in covered]
+        if config.negation:
+            for ent, (negated, uncertain) in zip(linked, self._scopes.mark(doc, linked)):
+                ent._.negated, ent._.uncertain = negated, uncertain
+        doc.spans[CONCEPTS_KEY] = sorted(linked, key=lambda s: (s.start, -s.end))
         doc.ents = filter_spans(linked)
         return doc
 

@@ -20,7 +20,8 @@ from pipelines.errors import ConfigError
 FUZZY_GENERATORS = ("tfidf", "dense")
 # fields of LinkerConfig that are the spaCy component's config (the rest configure training)
 COMPONENT_FIELDS = ("top_k", "min_score", "use_ner_spans", "dense_model", "fuzzy_weights", "weights", "rerank",
-                    "name_encoder", "candidate_pool", "context_window")
+                    "name_encoder", "candidate_pool", "context_window", "abbreviations", "coordination", "negation",
+                    "negation_scope", "negation_triggers")
 
 
 @dataclass(frozen=True)
@@ -42,12 +43,24 @@ class LinkerConfig:
     name_encoder: bool = True        # train the KB name encoder the reranker's pool uses
     candidate_pool: dict[str, int] = field(default_factory=dict)  # PoolSize overrides: char, stem, dense, enc
     context_window: int = 25         # tokens either side of a mention for context similarity
+    abbreviations: bool = True       # link later uses of a short form defined in the text: "... syndrome (NBCCS)"
+    coordination: bool = True        # one concept per conjunct: "aplastic or hypoplastic nails"
+    negation: bool = True            # set span._.negated / ._.uncertain (NegEx/ConText-style scopes)
+    negation_scope: int = 8          # tokens a negation or uncertainty trigger reaches
+    negation_triggers: dict[str, list[str]] = field(default_factory=dict)  # more phrases per trigger kind
     encoder: EncoderConfig = EncoderConfig()
     reranker: RerankerConfig = RerankerConfig()
     where: InitVar[str] = "linker"   # the location errors name (not a setting)
 
     def __post_init__(self, where: str) -> None:
-        _check(self, where, positive=("top_k",), non_negative=("context_window",))
+        _check(self, where, positive=("top_k", "negation_scope"), non_negative=("context_window",))
+        from linking.negation import TRIGGERS
+
+        bad = sorted(set(self.negation_triggers) - set(TRIGGERS))
+        if bad or any(not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v)
+                      for v in self.negation_triggers.values()):
+            raise ConfigError(f"[{where} -> negation_triggers] expected lists of phrases under some of "
+                              f"{sorted(TRIGGERS)}, got {self.negation_triggers!r}")
         unknown = set(self.fuzzy_weights) - set(FUZZY_GENERATORS)
         if unknown:
             raise ConfigError(f"[{where} -> fuzzy_weights] unknown key(s) {sorted(unknown)}: expected tfidf, dense")
@@ -73,7 +86,7 @@ class LinkerConfig:
                           ("reranker", RerankerConfig)):
             if key in data and not isinstance(data[key], kind):
                 data[key] = from_dict(kind, _mapping(data[key], f"{where} -> {key}"), f"{where} -> {key}")
-        for key in ("fuzzy_weights", "candidate_pool"):
+        for key in ("fuzzy_weights", "candidate_pool", "negation_triggers"):
             if key in data:
                 data[key] = dict(_mapping(data[key], f"{where} -> {key}"))
         return cls(**data, where=where)

@@ -12,7 +12,7 @@ from functools import lru_cache
 from linking.aliases import AliasTable, is_case_sensitive
 from pipelines.normalize import normalize_alias
 
-_norm = lru_cache(maxsize=200_000)(normalize_alias)
+norm_token = lru_cache(maxsize=200_000)(normalize_alias)
 
 
 class AliasMatcher:
@@ -30,7 +30,7 @@ class AliasMatcher:
     def find(self, text: str, tokens: list[tuple[str, int, int]]) -> list[tuple[int, int, list[int]]]:
         """``tokens``: (text, start_char, end_char). Returns (start_token, end_token, alias rows) for
         non-overlapping longest matches, left to right."""
-        keyed = [(n, i) for i, (t, _, _) in enumerate(tokens) if (n := _norm(t))]
+        keyed = [(n, i) for i, (t, _, _) in enumerate(tokens) if (n := norm_token(t))]
         matches = []
         pos = 0
         while pos < len(keyed):

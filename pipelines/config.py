@@ -67,6 +67,8 @@ def convert(tp: Any, value: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):  # already built (a default, or a config passed down whole)
             return value
+        if value is not None and not isinstance(value, Mapping):  # before a section's own from_dict sees it
+            raise ConfigError(f"[{where}] expected a mapping, got {_show(value)}")
         build = getattr(tp, "from_dict", None)
         return build(value, where) if build is not None else from_dict(tp, value, where)
     if origin is tuple:

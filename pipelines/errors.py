@@ -30,3 +30,13 @@ class ConfigError(InputError):
 
 class ArtifactError(KaloraError):
     """An artifact is missing, stale or inconsistent with another artifact."""
+
+
+class KGLockedError(KaloraError):
+    """Another process is writing the same ``<root>/<name>``; the message names its pid, host and
+    start time (``pipelines.locking``)."""
+
+
+class StorageError(KaloraError):
+    """Writing an artifact failed for a reason of the storage (disk full, I/O error); the message
+    names the path and the free space. Nothing half-written was published."""

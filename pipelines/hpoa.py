@@ -66,7 +66,7 @@ def read_annotations(path: Path, builder: KGBuilder, options: AnnotationOptions 
 
 def _read(path, builder, header_line, handle_row, columns, options: AnnotationOptions) -> dict[str, int]:
     counts: Counter = Counter()
-    has_ontology = bool(builder.entities)
+    has_ontology = builder.entity_count > 0
     with open_text(path) as fh:
         reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
         for lineno, row in enumerate(reader, 1):
@@ -119,6 +119,6 @@ def _g2p_row(rec: dict[str, str], hpo: str, builder: KGBuilder, counts: Counter)
     builder.bump_prior(hpo)
     builder.bump_prior(gene)
     disease = rec.get("disease_id") or ""
-    if disease and disease in builder.entities:
+    if disease and builder.has_entity(disease):
         builder.add_relation("gene_associated_with_disease", "is associated with disease")
         builder.add_triple(gene, "gene_associated_with_disease", disease, "genes_to_phenotype")

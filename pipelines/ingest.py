@@ -14,7 +14,8 @@ from pipelines.artifacts import ArtifactLayout, Timer, input_digest, read_manife
 from pipelines.config import check_range
 from pipelines.errors import DumpParseError, InputError
 from pipelines.integrity import verify_entry
-from pipelines.readers import check_readable
+from pipelines.locking import kg_write_lock
+from pipelines.readers import check_readable, lines_before_damage
 from pipelines.tables import KGBuilder
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,9 @@ def _read_with_builder(pairs: list[tuple[Path, str]], layout: ArtifactLayout,
             except UnicodeDecodeError as exc:
                 raise DumpParseError(path, None, f"not UTF-8 text (byte offset {exc.start} of a block): is the --format right?") from None
             except EOFError as exc:
-                raise DumpParseError(path, None, f"compressed file is truncated ({exc})") from None
+                line = lines_before_damage(path)
+                raise DumpParseError(path, line + 1, f"compressed stream ended early or is corrupt after line "
+                                     f"{line:,} ({exc})") from None
     except BaseException:
         builder.close()
         raise
@@ -234,8 +237,17 @@ def ingest(sources: list[str | Path], fmt: str | None, layout: ArtifactLayout,
     so into the manifest and the summary table).
     An unchanged ingest (same input content hashes and options, ``kg/`` present) is skipped unless
     ``options.force``.
+
+    The KG's writer lock (:mod:`pipelines.locking`) is held throughout: a second writer of the same
+    ``<root>/<name>`` fails with the holder's pid instead of taking this run's chunks for its own.
     """
     pairs = resolve_formats([Path(s) for s in sources], fmt)
+    with kg_write_lock(layout):
+        return _ingest_locked(pairs, layout, options, executor)
+
+
+def _ingest_locked(pairs: list[tuple[Path, str]], layout: ArtifactLayout, options: IngestOptions,
+                   executor: Any) -> dict[str, Any]:
     params = {"formats": [f for _, f in pairs], **options.cache_key()}
     if not options.force and (prev := _previous_if_unchanged(layout, pairs, params)) is not None:
         log.info("ingest: inputs and options unchanged since %s; keeping %s (force to redo)",

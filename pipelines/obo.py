@@ -4,6 +4,10 @@ Terms become entities; names, synonyms (with scope and type) become aliases; xre
 ``kg/xrefs.parquet``; ``is_a`` and
 ``relationship`` lines become triples; obsolete terms are excluded but their ``replaced_by`` and
 every ``alt_id`` become redirects, so annotations that use old ids still resolve.
+
+The file is read twice: a first pass keeps only each term's skeleton (name, parents, alt ids,
+obsolescence: what slicing, branches and edge checks need), the second hands one term at a time
+to the builder, so definitions, synonyms and xrefs are never all in memory.
 """
 
 from __future__ import annotations
@@ -57,8 +61,30 @@ def _strip_comment(value: str) -> str:
     return value.strip()
 
 
-def iter_terms(path: Path) -> Iterator[OboTerm]:
-    """Yield every ``[Term]`` stanza of an OBO file, with the line it starts on."""
+# the tags the first pass reads (every line is still checked for the 'tag: value' shape)
+SKELETON_TAGS = frozenset({"name", "is_a", "alt_id", "replaced_by", "is_obsolete"})
+
+
+@dataclass(slots=True)
+class _Node:
+    """What the first pass keeps of a term."""
+
+    line: int
+    name: str | None
+    obsolete: bool
+    is_a: list[str]
+    alt_ids: list[str]
+    replaced_by: list[str]
+
+
+def _skeleton(path: Path) -> dict[str, _Node]:
+    return {t.id: _Node(t.line, t.name, t.obsolete, t.is_a, t.alt_ids, t.replaced_by)
+            for t in iter_terms(path, SKELETON_TAGS)}
+
+
+def iter_terms(path: Path, tags: frozenset[str] | None = None) -> Iterator[OboTerm]:
+    """Yield every ``[Term]`` stanza of an OBO file, with the line it starts on; with ``tags``,
+    only those tags are parsed into the term."""
     term: OboTerm | None = None
     in_term = False
     with open_text(path) as fh:
@@ -87,7 +113,8 @@ def iter_terms(path: Path) -> Iterator[OboTerm]:
                 continue
             if term is None:
                 raise DumpParseError(path, lineno, f"'{tag}:' before the stanza's 'id:'")
-            _apply(term, tag, value, path, lineno)
+            if tags is None or tag in tags:
+                _apply(term, tag, value, path, lineno)
     if term is not None:
         yield term
 
@@ -125,7 +152,7 @@ def _apply(term: OboTerm, tag: str, value: str, path: Path, lineno: int) -> None
         term.obsolete = value.lower() == "true"
 
 
-def _branches(terms: dict[str, OboTerm]) -> dict[str, set[str]]:
+def _branches(terms: dict[str, _Node]) -> dict[str, set[str]]:
     """For each term, the top-level branches (children of a root) it descends from."""
     roots = {t for t, term in terms.items() if not any(p in terms for p in term.is_a)}
     memo: dict[str, set[str]] = {}
@@ -150,7 +177,7 @@ def _branches(terms: dict[str, OboTerm]) -> dict[str, set[str]]:
     return {tid: visit(tid) for tid in terms}
 
 
-def descendants(terms: dict[str, OboTerm], root: str) -> set[str]:
+def descendants(terms: dict[str, _Node], root: str) -> set[str]:
     children: dict[str, list[str]] = {}
     for tid, term in terms.items():
         for parent in term.is_a:
@@ -169,8 +196,8 @@ class _Slice:
     """What one read keeps: the live terms (after ``root_term``) and why an edge target is absent."""
 
     path: Path
-    all_terms: dict[str, OboTerm]
-    live: dict[str, OboTerm]
+    all_terms: dict[str, _Node]
+    live: dict[str, _Node]
     unsliced: set[str]
     strict: bool
 
@@ -194,8 +221,9 @@ def read_obo(path: Path, builder: KGBuilder, *, root_term: str | None = None, so
 
     An ``is_a`` or ``relationship`` to an obsolete or unknown id is counted as dropped (with
     ``strict``: an error naming the line); one to a live term outside the slice is counted as skipped."""
-    source = source or Path(path).name.split(".")[0]
-    all_terms = {t.id: t for t in iter_terms(Path(path))}
+    path = Path(path)
+    source = source or path.name.split(".")[0]
+    all_terms = _skeleton(path)
     if not all_terms:
         raise DumpParseError(path, None, "no [Term] stanza with an 'id:' found: is this an OBO file?")
     live = {tid: t for tid, t in all_terms.items() if not t.obsolete}
@@ -208,29 +236,36 @@ def read_obo(path: Path, builder: KGBuilder, *, root_term: str | None = None, so
         builder.sliced_out.update(unsliced - keep)
         builder.sliced_out.update(alt for tid in unsliced - keep for alt in all_terms[tid].alt_ids)
     counts: Counter = Counter()
-    view = _Slice(Path(path), all_terms, live, unsliced, strict)
+    view = _Slice(path, all_terms, live, unsliced, strict)
     branches = _branches(live)
     builder.add_relation("is_a", "is a")
-    for term in live.values():
+    for term in iter_terms(path):
+        node = live.get(term.id)
+        if node is None or node.line != term.line:  # obsolete, sliced out, or an earlier stanza of a repeated id
+            continue
         if not term.name:
             raise DumpParseError(path, term.line, f"term {term.id} has no 'name:'")
         types = ["ontology_term"] + [f"branch:{live[b].name}" for b in sorted(branches[term.id])]
         builder.add_entity(Entity(term.id, term.name, term.definition, types, source))
         _add_names(builder, term)
-        for parent, line in zip(term.is_a, term.is_a_lines):
-            if view.edge_target_kept(parent, line, f"{term.id} is_a", counts):
-                builder.add_triple(term.id, "is_a", parent, source)
-        for rel, target, line in term.relationships:
-            if view.edge_target_kept(target, line, f"{term.id} relationship {rel}", counts):
-                builder.add_relation(rel, rel.replace("_", " "))
-                builder.add_triple(term.id, rel, target, source)
-        for alt in term.alt_ids:
-            builder.add_redirect(alt, term.id)
+        _add_edges(builder, term, view, counts, source)
     redirected = _redirect_obsolete(builder, all_terms, live)
     counts.update({"terms": len(live), "obsolete": sum(t.obsolete for t in all_terms.values()),
                    "obsolete_redirected": redirected})
     log.info("%s: %d live terms, %d obsolete (%d redirected)", path, counts["terms"], counts["obsolete"], redirected)
     return dict(counts)
+
+
+def _add_edges(builder: KGBuilder, term: OboTerm, view: _Slice, counts: Counter, source: str) -> None:
+    for parent, line in zip(term.is_a, term.is_a_lines):
+        if view.edge_target_kept(parent, line, f"{term.id} is_a", counts):
+            builder.add_triple(term.id, "is_a", parent, source)
+    for rel, target, line in term.relationships:
+        if view.edge_target_kept(target, line, f"{term.id} relationship {rel}", counts):
+            builder.add_relation(rel, rel.replace("_", " "))
+            builder.add_triple(term.id, rel, target, source)
+    for alt in term.alt_ids:
+        builder.add_redirect(alt, term.id)
 
 
 def _add_names(builder: KGBuilder, term: OboTerm) -> None:
@@ -249,11 +284,11 @@ def _add_names(builder: KGBuilder, term: OboTerm) -> None:
         builder.add_xref(term.id, xref)
 
 
-def _redirect_obsolete(builder: KGBuilder, all_terms: dict[str, OboTerm], live: dict[str, OboTerm]) -> int:
+def _redirect_obsolete(builder: KGBuilder, all_terms: dict[str, _Node], live: dict[str, _Node]) -> int:
     redirected = 0
-    for term in all_terms.values():
+    for tid, term in all_terms.items():
         if term.obsolete and term.replaced_by and term.replaced_by[0] in live:
-            builder.add_redirect(term.id, term.replaced_by[0])
+            builder.add_redirect(tid, term.replaced_by[0])
             if term.name:
                 builder.add_alias(term.name, term.replaced_by[0], "replaced_by")
             redirected += 1

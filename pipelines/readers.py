@@ -113,6 +113,21 @@ def line_range(data, start: int, end: int) -> tuple[int, int]:
     return first, max(first, stop)
 
 
+def lines_before_damage(path: str | Path, block: int = 1 << 16) -> int:
+    """The whole lines a damaged (truncated or corrupt) compressed file yields before its
+    decompressor gives up: the line to report is the next one. Read again, on the error path only,
+    so that the readers pay nothing for counting lines they do not number themselves."""
+    n = 0
+    try:
+        with open_binary(path) as fh:
+            read = getattr(fh, "read1", fh.read)  # one decompression step: a failing read loses no lines
+            while data := read(block):
+                n += data.count(b"\n")
+    except (EOFError, OSError, ValueError):
+        pass
+    return n
+
+
 def count_lines_before(path: str | Path, offset: int) -> int:
     """Newlines in the first ``offset`` bytes of a plain file."""
     n = 0

@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines.storage import storage_errors
+
 RUN_ROWS = 200_000    # rows held in memory before a run is sorted and written
 MERGE_ROWS = 200_000  # rows held in memory by a merge, over all runs together
 GROUP_ROWS = 4_096    # Parquet row group of a run: the unit a merge decodes at a time
@@ -55,7 +57,8 @@ class SortedRuns:
         table = pa.table([pa.array(c, f.type) for c, f in zip(columns, self.schema)], schema=self.schema)
         table = table.sort_by(self.sort_keys)  # byte order of UTF-8 = code point order = Python's str order
         path = self.directory / f"run-{next(self._names):06d}.parquet"
-        pq.write_table(table, path, compression="lz4", row_group_size=GROUP_ROWS)  # scratch, never published
+        with storage_errors(path):
+            pq.write_table(table, path, compression="lz4", row_group_size=GROUP_ROWS)  # scratch, never published
         self.paths.append(path)
         self.rows += len(self.buffer)
         self.buffer = []
@@ -79,7 +82,7 @@ class SortedRuns:
 
     def _merge_to_run(self, paths: list[Path]) -> Path:
         out = self.directory / f"run-{next(self._names):06d}.parquet"
-        with pq.ParquetWriter(out, self.schema, compression="lz4") as writer:
+        with storage_errors(out), pq.ParquetWriter(out, self.schema, compression="lz4") as writer:
             for chunk in batched(self._merged(paths), GROUP_ROWS):
                 columns = list(zip(*chunk))
                 writer.write_table(pa.table([pa.array(c, f.type) for c, f in zip(columns, self.schema)],

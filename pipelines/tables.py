@@ -2,11 +2,11 @@
 
 Readers hand plain records to :class:`KGBuilder`; it deduplicates them, resolves id redirects
 (``alt_id``/``replaced_by``), assigns deterministic contiguous indices (entities sorted by id,
-0 is padding) and writes ``kg/`` atomically. Triples, and the bare entities of triples files,
-go to disk in sorted runs of bounded size and are merged back while the tables are written, so
-memory stays bounded by the entities with rich records (ontology terms, annotations), not by the
-edges. Nothing is dropped silently: every discarded record is counted by reason, and with
-``strict`` any drop is an error.
+0 is padding) and writes ``kg/`` atomically. Every record (entities, aliases, xrefs, triples)
+goes to disk in sorted runs of bounded size and is merged back while the tables are written, so
+memory holds only one id -> types entry per entity with a rich record, redirects and relation
+labels: not names, definitions, synonyms or edges. Nothing is dropped silently: every discarded
+record is counted by reason, and with ``strict`` any drop is an error.
 """
 
 from __future__ import annotations
@@ -22,23 +22,28 @@ from operator import itemgetter
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipelines import schema
 from pipelines.artifacts import fsync_tree, staged_dir
 from pipelines.errors import DumpParseError, InputError
 from pipelines.normalize import normalize_alias
-from pipelines.spill import RUN_ROWS, SortedRuns, batched
+from pipelines.spill import RUN_ROWS, SortedRuns
+from pipelines.table_writers import columns, entity_columns, write_parts, write_rows
+
+__all__ = ["Entity", "KGBuilder", "drop_row"]
 
 log = logging.getLogger(__name__)
-
-TRIPLES_PER_PART = 1_000_000
-WRITE_ROWS = 65_536  # rows per Parquet write call (row group) while streaming a table out
 
 _RAW_TRIPLE = pa.schema([("head", pa.string()), ("relation", pa.string()), ("tail", pa.string()),
                          ("seq", pa.int64()), ("source", pa.string()), ("known", pa.bool_())])
 _BARE_ENTITY = pa.schema([("entity_id", pa.string()), ("seq", pa.int64()), ("label", pa.string()),
                           ("types", pa.list_(pa.string())), ("source", pa.string())])
+_RICH_ENTITY = pa.schema([("entity_id", pa.string()), ("seq", pa.int64()), ("label", pa.string()),
+                          ("description", pa.string()), ("types", pa.list_(pa.string())), ("source", pa.string()),
+                          ("prior", pa.float64())])
+# scope "" stands for None in a run (a sort key never reaches a null); ``known``: a bare entity's label
+_RAW_ALIAS = pa.schema([("alias", pa.string()), ("entity_id", pa.string()), ("kind", pa.string()),
+                        ("lang", pa.string()), ("scope", pa.string()), ("known", pa.bool_())])
 _BY_ID = itemgetter(0, 1)
 
 
@@ -52,6 +57,14 @@ class Entity:
     prior: float = 0.0
 
 
+_RESOLVED_ALIAS = pa.schema([("alias", pa.string()), ("alias_norm", pa.string()), ("entity_id", pa.string()),
+                             ("kind", pa.string()), ("lang", pa.string()), ("scope", pa.string())])
+_RAW_XREF = pa.schema([("entity_id", pa.string()), ("db", pa.string()), ("xref", pa.string())])
+# name -> (schema, key columns) of the sorted runs a builder keeps
+_RUNS = {"triples": (_RAW_TRIPLE, 4), "bare": (_BARE_ENTITY, 2), "rich": (_RICH_ENTITY, 2),
+         "aliases": (_RAW_ALIAS, 5), "xrefs": (_RAW_XREF, 3)}
+
+
 @dataclass
 class KGBuilder:
     """Collects entities, aliases, relations and triples; writes the canonical tables.
@@ -59,9 +72,6 @@ class KGBuilder:
     ``work_dir`` holds the sorted runs (default: a temporary directory); ``strict`` turns any
     dropped record into an error when the tables are written."""
 
-    entities: dict[str, Entity] = field(default_factory=dict)
-    aliases: set[tuple[str, str, str, str, str | None]] = field(default_factory=set)
-    xrefs: set[tuple[str, str]] = field(default_factory=set)
     relations: dict[str, str] = field(default_factory=dict)
     redirects: dict[str, str] = field(default_factory=dict)
     sliced_out: set[str] = field(default_factory=set)  # live ids a root_term slice left out on request
@@ -75,36 +85,49 @@ class KGBuilder:
     def __post_init__(self) -> None:
         self._seq = itertools.count()
         self._scratch: tempfile.TemporaryDirectory | None = None
-        self._triples: SortedRuns | None = None
-        self._bare: SortedRuns | None = None
+        self._runs: dict[str, SortedRuns] = {}
+        self._rich: dict[str, tuple[str, ...]] = {}  # id -> types so far: the only per-entity memory
+        self._type_sets: dict[tuple[str, ...], tuple[str, ...]] = {}  # interned (most entities share a few)
+        self._bumps: Counter = Counter()
         self._bare_buffer: dict[str, tuple[int, str, set[str] | None, str]] = {}
-        self._bare_aliases: set[tuple[str, str]] = set()  # (label, id) of bare entities
 
     # -- adding -----------------------------------------------------------------------------
+    def has_entity(self, entity_id: str) -> bool:
+        """Whether ``entity_id`` has a rich record (a bare id of a triples file does not count)."""
+        return entity_id in self._rich
+
+    @property
+    def entity_count(self) -> int:
+        return len(self._rich)
+
     def add_entity(self, ent: Entity) -> None:
-        known = self.entities.get(ent.entity_id)
-        if known is None:
-            self.entities[ent.entity_id] = ent
-            return
-        # The same entity seen twice (e.g. a disease in two annotation files): merge, keep the first label.
-        known.types = sorted(set(known.types) | set(ent.types))
-        known.description = known.description or ent.description
-        known.prior = max(known.prior, ent.prior)
+        """The first record of an id gives its label and source; later ones add types, a missing
+        description and a higher prior (a disease seen in two annotation files)."""
+        seen = self._rich.get(ent.entity_id)
+        types = self._interned(ent.types if seen is None else {*seen, *ent.types})
+        if seen is not None and types == seen and ent.description is None and not ent.prior:
+            return  # nothing new: most repeats (one per annotation row) stop here
+        self._rich[ent.entity_id] = types
+        self._run("rich").add((ent.entity_id, next(self._seq), ent.label if seen is None else None,
+                               ent.description, list(ent.types), ent.source, float(ent.prior)))
+
+    def _interned(self, types) -> tuple[str, ...]:
+        key = tuple(sorted(set(types)))
+        return self._type_sets.setdefault(key, key)
 
     def add_bare_entity(self, entity_id: str, label: str | None, entity_type: str | None, source: str) -> None:
         """An entity known only by id (and perhaps a label, which becomes an alias, and a type), as
         triples files give them: kept on disk, not in memory. A rich record of the same id
         (:meth:`add_entity`) keeps its own label and gains the type."""
-        known = self.entities.get(entity_id)
-        if known is not None:
-            if entity_type and entity_type not in known.types:
-                known.types = sorted({*known.types, entity_type})
+        if entity_id in self._rich:
+            if entity_type:
+                self.add_entity(Entity(entity_id, entity_id, None, [entity_type], source))
             if label:
                 self.add_alias(label, entity_id, "label")
             return
-        if label and label.strip():
-            self._bare_aliases.add((label.strip(), entity_id))
         buffered = self._bare_buffer.get(entity_id)
+        if label and label.strip() and (buffered is None or buffered[1] != label):
+            self._run("aliases").add((label.strip(), entity_id, "label", "en", "", True))
         if buffered is None:  # the type set only when there is a type: most triples files have none
             buffered = self._bare_buffer[entity_id] = (next(self._seq), label or entity_id,
                                                       {entity_type} if entity_type else None, source)
@@ -120,35 +143,33 @@ class KGBuilder:
         if not alias:
             self.drop("alias_empty", f"empty alias of {entity_id}")
             return
-        self.aliases.add((alias, entity_id, kind, lang, scope))
+        self._run("aliases").add((alias, entity_id, kind, lang, scope or "", False))
 
     def add_xref(self, entity_id: str, xref: str) -> None:
-        self.xrefs.add((entity_id, xref))
+        self._run("xrefs").add((entity_id, xref.split(":", 1)[0] if ":" in xref else "", xref))
 
     def add_relation(self, relation_id: str, label: str) -> None:
         self.relations.setdefault(relation_id, label)
 
     def add_triple(self, head: str, relation: str, tail: str, source: str, known: bool = False) -> None:
         """``known``: both ends were registered with :meth:`add_bare_entity` (no lookup needed)."""
-        if self._triples is None:
-            self._triples = SortedRuns(self._work(), _RAW_TRIPLE, 4, self.run_rows)
-        self._triples.add((head, relation, tail, next(self._seq), source, known))
+        self._run("triples").add((head, relation, tail, next(self._seq), source, known))
 
     def add_redirect(self, old_id: str, new_id: str) -> None:
         self.redirects[old_id] = new_id
 
     def bump_prior(self, entity_id: str, amount: float = 1.0) -> None:
-        ent = self.entities.get(self.resolve(entity_id) or "")
-        if ent is not None:
-            ent.prior += amount
+        eid = self.resolve(entity_id)
+        if eid is not None:
+            self._bumps[eid] += amount
 
     def resolve(self, entity_id: str) -> str | None:
         """Follow redirects (alt ids, replaced_by) to a live entity id with a rich record, or None."""
         seen = 0
-        while entity_id not in self.entities and entity_id in self.redirects and seen < 10:
+        while entity_id not in self._rich and entity_id in self.redirects and seen < 10:
             entity_id = self.redirects[entity_id]
             seen += 1
-        return entity_id if entity_id in self.entities else None
+        return entity_id if entity_id in self._rich else None
 
     def drop(self, reason: str, example: str) -> None:
         """Count one discarded record under ``reason``, remembering the first example of each."""
@@ -156,6 +177,13 @@ class KGBuilder:
         self.examples.setdefault(reason, example)
 
     # -- scratch space ----------------------------------------------------------------------
+    def _run(self, name: str) -> SortedRuns:
+        runs = self._runs.get(name)
+        if runs is None:
+            run_schema, key_columns = _RUNS[name]
+            runs = self._runs[name] = SortedRuns(self._work(), run_schema, key_columns, self.run_rows)
+        return runs
+
     def _work(self) -> Path:
         if self.work_dir is not None:
             self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -165,46 +193,67 @@ class KGBuilder:
         return Path(self._scratch.name)
 
     def _flush_bare(self) -> None:
-        if self._bare is None:
-            self._bare = SortedRuns(self._work(), _BARE_ENTITY, 2, self.run_rows)
+        bare = self._run("bare")
         for eid, (seq, label, types, source) in self._bare_buffer.items():
-            self._bare.add((eid, seq, label, sorted(types) if types else [], source))
+            bare.add((eid, seq, label, sorted(types) if types else [], source))
         self._bare_buffer = {}
-        self._bare.flush()
+        bare.flush()
 
     def close(self) -> None:
         """Remove the sorted runs (the builder cannot write again afterwards)."""
-        for runs in (self._triples, self._bare):
-            if runs is not None:
-                runs.close()
+        for runs in self._runs.values():
+            runs.close()
         if self._scratch is not None:
             self._scratch.cleanup()
 
     # -- finishing ----------------------------------------------------------------------------
+    def _rich_entities(self) -> Iterator[Entity]:
+        """Each rich id's records merged: first label and source, first description, all types,
+        the highest prior plus every :meth:`bump_prior`."""
+        if "rich" not in self._runs:
+            return
+        for eid, group in itertools.groupby(self._runs["rich"].sorted(), key=itemgetter(0)):
+            _, _, label, description, types, source, prior = next(group)
+            types = set(types)
+            for row in group:
+                description = description or row[3]
+                types.update(row[4])
+                prior = max(prior, row[6])
+            yield Entity(eid, label, description, sorted(types), source, prior + self._bumps.get(eid, 0.0))
+
     def _entity_rows(self) -> Iterator[Entity]:
         """Every entity in id order: rich records merged with the bare ids of triples files."""
         if self._bare_buffer:
             self._flush_bare()
-        rich = ((eid, -1, None, None, None) for eid in sorted(self.entities))
-        stream = heapq.merge(rich, self._bare.sorted(), key=_BY_ID) if self._bare is not None else rich
+        rich = ((e.entity_id, -1, e) for e in self._rich_entities())
+        stream = heapq.merge(rich, self._runs["bare"].sorted(), key=_BY_ID) if "bare" in self._runs else rich
         for eid, group in itertools.groupby(stream, key=itemgetter(0)):
-            _, seq, label, types, source = next(group)
-            ent = self.entities.get(eid) if seq == -1 else Entity(eid, label, None, list(types), source)
+            first = next(group)
+            ent = first[2] if first[1] == -1 else Entity(eid, first[2], None, list(first[3]), first[4])
             extra = {t for row in group for t in row[3]}
             if extra - set(ent.types):
                 ent = Entity(ent.entity_id, ent.label, ent.description, sorted({*ent.types, *extra}), ent.source, ent.prior)
             yield ent
 
+    def _resolved(self, name: str, ends: tuple[str, ...], rows, out_schema: pa.Schema, key_columns: int):
+        """``rows(sorted run rows)`` with ids resolved, still in key order: when a redirect changes an
+        id in one of the ``ends`` columns, the resolved rows are sorted again on disk."""
+        runs = self._runs.get(name)
+        if runs is None:
+            return iter(())
+        redirected = set(self.redirects) - self._rich.keys()
+        if not any(runs.contains_any(end, redirected) for end in ends):
+            return rows(runs.sorted())  # resolution changes no id: the merge order still holds
+        resorted = SortedRuns(self._work(), out_schema, key_columns, self.run_rows)
+        resorted.extend(rows(runs.sorted()))
+        return resorted.sorted()
+
     def _checked_triples(self) -> Iterator[tuple]:
         """Raw triples with both ends resolved to live entities and a known relation, in key order."""
-        if self._triples is None:
-            return iter(())
         resolve = self.resolve
-        unknown_entity = unknown_relation = 0
 
-        def checked():
-            nonlocal unknown_entity, unknown_relation
-            for h, r, t, seq, src, known in self._triples.sorted():
+        def checked(raw):
+            for h, r, t, seq, src, known in raw:
                 if not known:
                     rh, rt = resolve(h), resolve(t)
                     if rh is None or rt is None:
@@ -216,12 +265,7 @@ class KGBuilder:
                     continue
                 yield h, r, t, seq, src
 
-        redirected = set(self.redirects) - set(self.entities)
-        if not any(self._triples.contains_any(end, redirected) for end in ("head", "tail")):
-            return checked()  # resolution changes no id: the merge order still holds
-        resorted = SortedRuns(self._work(), _RAW_TRIPLE.remove(5), 4, self.run_rows)
-        resorted.extend(checked())
-        return resorted.sorted()
+        return self._resolved("triples", ("head", "tail"), checked, _RAW_TRIPLE.remove(5), 4)
 
     def _distinct_triples(self) -> Iterator[tuple[str, str, str, str]]:
         """One row per (head, relation, tail), the source of its first occurrence; repeats counted."""
@@ -230,38 +274,48 @@ class KGBuilder:
             self.merged["duplicate_triples"] += sum(1 for _ in group)
             yield (*key, first[4])
 
-    def _resolved_aliases(self) -> list[tuple[str, str, str, str, str, str | None]]:
-        rows = []
-        bare = ((alias, eid, "label", "en", None) for alias, eid in self._bare_aliases)
-        for alias, eid, kind, lang, scope in itertools.chain(self.aliases, bare):
-            target = eid if (alias, eid) in self._bare_aliases else self.resolve(eid)
-            if target is None:
-                self.drop("alias_unknown_entity", f"{alias!r} → {eid}")
-                continue
-            norm = normalize_alias(alias)
-            if not norm:
-                self.drop("alias_normalises_to_nothing", f"{alias!r} of {eid}")
-                continue
-            rows.append((alias, norm, target, kind, lang, scope))
-        return sorted(set(rows), key=lambda r: (*r[:5], r[5] or ""))
+    def _alias_rows(self) -> Iterator[tuple]:
+        """Distinct (alias, alias_norm, entity_id, kind, lang, scope) rows, ids resolved, sorted."""
+        def resolved(raw):
+            for (alias, eid, kind, lang, scope), group in itertools.groupby(raw, key=itemgetter(0, 1, 2, 3, 4)):
+                target = eid if any(row[5] for row in group) else self.resolve(eid)
+                if target is None:
+                    self.drop("alias_unknown_entity", f"{alias!r} → {eid}")
+                    continue
+                norm = normalize_alias(alias)
+                if not norm:
+                    self.drop("alias_normalises_to_nothing", f"{alias!r} of {eid}")
+                    continue
+                yield alias, norm, target, kind, lang, scope
+
+        rows = self._resolved("aliases", ("entity_id",), resolved, _RESOLVED_ALIAS, 6)
+        return ((*row[:5], row[5] or None) for row, _ in itertools.groupby(rows))
+
+    def _xref_rows(self) -> Iterator[tuple]:
+        def resolved(raw):
+            for eid, db, xref in raw:
+                target = self.resolve(eid)
+                if target is None:
+                    self.drop("xref_unknown_entity", f"{xref} of {eid}")
+                    continue
+                yield target, db, xref
+
+        return (row for row, _ in itertools.groupby(self._resolved("xrefs", ("entity_id",), resolved, _RAW_XREF, 3)))
 
     def write(self, kg_dir: Path) -> dict[str, int]:
         """Publish ``kg_dir`` atomically; return counts (written, merged and dropped by reason)."""
-        if not self.entities and not self._bare_buffer and self._bare is None:
+        if not self._rich and not self._bare_buffer and "bare" not in self._runs:
             raise InputError("no entities were read: check the input files and the --format")
         try:
             with staged_dir(kg_dir) as tmp:
-                aliases = self._resolved_aliases()
-                counts = {"entities": write_rows(tmp / "entities.parquet", schema.ENTITIES, _entity_columns,
+                counts = {"entities": write_rows(tmp / "entities.parquet", schema.ENTITIES, entity_columns,
                                                  enumerate(self._entity_rows(), 1))}
-                counts["aliases"] = write_rows(tmp / "aliases.parquet", schema.ALIASES, _columns, aliases)
+                counts["aliases"] = write_rows(tmp / "aliases.parquet", schema.ALIASES, columns, self._alias_rows())
                 rel_ids = sorted(self.relations)
-                counts["relations"] = write_rows(tmp / "relations.parquet", schema.RELATIONS, _columns,
+                counts["relations"] = write_rows(tmp / "relations.parquet", schema.RELATIONS, columns,
                                                  [(r, i, self.relations[r]) for i, r in enumerate(rel_ids, 1)])
-                if self.xrefs:
-                    xrefs = sorted({(t, x.split(":", 1)[0] if ":" in x else "", x)
-                                    for e, x in self.xrefs if (t := self.resolve(e)) is not None})
-                    counts["xrefs"] = write_rows(tmp / "xrefs.parquet", schema.XREFS, _columns, xrefs)
+                if "xrefs" in self._runs:
+                    counts["xrefs"] = write_rows(tmp / "xrefs.parquet", schema.XREFS, columns, self._xref_rows())
                 (tmp / "triples").mkdir()
                 counts["triples"] = write_parts(tmp / "triples", self._distinct_triples())
                 self._check_strict()
@@ -287,41 +341,3 @@ def drop_row(counts: Counter, reason: str, path: Path, line: int | None, what: s
     if strict:
         raise DumpParseError(path, line, f"{what} (--strict: it would be dropped as {reason.replace('_', ' ')})")
     counts[f"dropped_{reason}"] += 1
-
-
-# -- streaming Parquet writers -----------------------------------------------------------------------
-def _columns(rows: list[tuple], names: list[str]) -> dict[str, list]:
-    cols = list(zip(*rows)) if rows else [[] for _ in names]
-    return dict(zip(names, map(list, cols)))
-
-
-def _entity_columns(rows: list[tuple[int, Entity]], names: list[str]) -> dict[str, list]:
-    return {"entity_id": [e.entity_id for _, e in rows], "index": [i for i, _ in rows],
-            "label": [e.label for _, e in rows], "description": [e.description for _, e in rows],
-            "types": [sorted(set(e.types)) for _, e in rows], "source": [e.source for _, e in rows],
-            "prior": [e.prior for _, e in rows]}
-
-
-def write_rows(path: Path, table_schema: pa.Schema, to_columns, rows) -> int:
-    """Write ``rows`` to one Parquet file in bounded batches (``to_columns`` turns a batch into columns)."""
-    n = 0
-    with pq.ParquetWriter(path, table_schema) as writer:
-        for chunk in batched(rows, WRITE_ROWS):
-            writer.write_table(pa.table(to_columns(chunk, table_schema.names), schema=table_schema))
-            n += len(chunk)
-        if n == 0:
-            writer.write_table(table_schema.empty_table())
-    return n
-
-
-def write_parts(out_dir: Path, rows: Iterator[tuple]) -> int:
-    """Triples in ``part-NNNNN.parquet`` files of at most TRIPLES_PER_PART rows (one, empty, if none)."""
-    rows = iter(rows)
-    n = part = 0
-    while (first := next(rows, None)) is not None or part == 0:
-        part_rows = itertools.chain([first] if first is not None else [], itertools.islice(rows, TRIPLES_PER_PART - 1))
-        n += write_rows(out_dir / f"part-{part:05d}.parquet", schema.TRIPLES, _columns, part_rows)
-        part += 1
-        if first is None:
-            break
-    return n

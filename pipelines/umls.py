@@ -44,51 +44,67 @@ def read_umls(paths: list[Path], builder: KGBuilder, *, languages: tuple[str, ..
 
     ``languages`` are UMLS LAT codes (see :func:`umls_languages`); SAB:CODE pairs become xrefs.
     Rows left out by request (suppressed, other languages, their types and relations) are counted
-    as skipped; a relation to a CUI that MRCONSO never lists is dropped (an error with ``strict``)."""
+    as skipped; a relation to a CUI that MRCONSO never lists is dropped (an error with ``strict``).
+    MRCONSO is read twice: first for each concept's label, then to stream its names to the builder
+    (memory holds one label per concept, not the names)."""
     by_name = {Path(p).name.upper().split(".")[0]: Path(p) for p in paths}
     if "MRCONSO" not in by_name:
         raise InputError(f"{', '.join(map(str, paths))}: UMLS input needs MRCONSO.RRF (and optionally MRSTY.RRF, MRREL.RRF)")
     counts: Counter = Counter()
-    names, preferred, listed = _concepts(by_name["MRCONSO"], builder, languages, counts)
-    types: dict[str, list[str]] = {}
+    labels, listed = _labels(by_name["MRCONSO"], languages, counts)
     if "MRSTY" in by_name:
         for _, r in _rows(by_name["MRSTY"], MRSTY):
-            if r["CUI"] in names:
-                types.setdefault(r["CUI"], []).append(r["STY"])
+            if r["CUI"] in labels:
+                builder.add_entity(Entity(r["CUI"], labels[r["CUI"]], None, [r["STY"]], "UMLS"))
             else:
                 counts["skipped_type_of_concept_not_kept"] += 1
-    for cui, cui_names in names.items():
-        label = preferred.get(cui, cui_names[0][0])
-        builder.add_entity(Entity(cui, label, None, types.get(cui, []), "UMLS"))
-        for text, kind, lang in cui_names:
-            builder.add_alias(text, cui, "label" if text == label else kind, lang)
+    for cui, label in labels.items():
+        builder.add_entity(Entity(cui, label, None, [], "UMLS"))
+    _names(by_name["MRCONSO"], builder, languages, labels)
     if "MRREL" in by_name:
-        _relations(by_name["MRREL"], builder, names, listed, counts, strict)
-    counts["concepts"] = len(names)
+        _relations(by_name["MRREL"], builder, labels, listed, counts, strict)
+    counts["concepts"] = len(labels)
     return dict(counts)
 
 
-def _concepts(path: Path, builder: KGBuilder, languages: tuple[str, ...], counts: Counter):
-    """MRCONSO: names per kept CUI, preferred names, and every CUI listed at all."""
-    preferred: dict[str, str] = {}
-    names: dict[str, list[tuple[str, str, str]]] = {}
+def _kept(r: dict[str, str], languages: tuple[str, ...]) -> bool:
+    return r["LAT"] in languages and r["SUPPRESS"] not in ("O", "E", "Y")
+
+
+def _labels(path: Path, languages: tuple[str, ...], counts: Counter) -> tuple[dict[str, str], set[str]]:
+    """MRCONSO, first pass: each kept CUI's label (its preferred name, English first, else its first
+    kept name) and every CUI listed at all."""
+    labels: dict[str, str] = {}
+    preferred: set[str] = set()
     listed: set[str] = set()
     for _, r in _rows(path, MRCONSO):
-        listed.add(r["CUI"])
-        if r["LAT"] not in languages or r["SUPPRESS"] in ("O", "E", "Y"):
+        cui = r["CUI"]
+        listed.add(cui)
+        if not _kept(r, languages):
             counts["skipped_suppressed_or_other_language"] += 1
             continue
-        lang = LANGS.get(r["LAT"], r["LAT"].lower())
+        if cui not in labels:
+            labels[cui] = r["STR"]
+        if r["TS"] == "P" and r["STT"] == "PF" and r["ISPREF"] == "Y" and (cui not in preferred or r["LAT"] == "ENG"):
+            labels[cui] = r["STR"]
+            preferred.add(cui)
+    return labels, listed
+
+
+def _names(path: Path, builder: KGBuilder, languages: tuple[str, ...], labels: dict[str, str]) -> None:
+    """MRCONSO, second pass: every kept name as an alias, SAB:CODE pairs as xrefs."""
+    for _, r in _rows(path, MRCONSO):
+        if not _kept(r, languages):
+            continue
+        cui, text = r["CUI"], r["STR"]
         kind = "abbreviation" if r["TTY"] in ABBREVIATION_TTYS else "synonym"
-        names.setdefault(r["CUI"], []).append((r["STR"], kind, lang))
+        builder.add_alias(text, cui, "label" if text == labels[cui] else kind, LANGS.get(r["LAT"], r["LAT"].lower()))
         if r["SAB"] and r["CODE"] and r["CODE"] != "NOCODE":
-            builder.add_xref(r["CUI"], f"{r['SAB']}:{r['CODE']}")
-        if r["TS"] == "P" and r["STT"] == "PF" and r["ISPREF"] == "Y" and (r["CUI"] not in preferred or r["LAT"] == "ENG"):
-            preferred[r["CUI"]] = r["STR"]
-    return names, preferred, listed
+            builder.add_xref(cui, f"{r['SAB']}:{r['CODE']}")
 
 
-def _relations(path: Path, builder: KGBuilder, names: dict, listed: set[str], counts: Counter, strict: bool) -> None:
+def _relations(path: Path, builder: KGBuilder, names: dict[str, str], listed: set[str], counts: Counter,
+               strict: bool) -> None:
     for lineno, r in _rows(path, MRREL):
         if r["CUI1"] == r["CUI2"]:
             counts["skipped_self_relation"] += 1

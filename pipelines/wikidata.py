@@ -28,7 +28,7 @@ import orjson
 
 from pipelines.errors import DumpParseError
 from pipelines.normalize import normalize_alias
-from pipelines.readers import DumpLines, iter_blocks
+from pipelines.readers import DumpLines, iter_blocks, lines_before_damage
 from pipelines.tables import Entity, KGBuilder
 
 log = logging.getLogger(__name__)
@@ -359,8 +359,9 @@ def read_wikidata(path: Path, builder: KGBuilder, options: WikidataOptions = Wik
             bad += [(first_line + n, text) for n, text in records.bad]
             first_line += records.lines
     except (EOFError, OSError) as exc:
-        raise DumpParseError(path, first_line, f"compressed stream ended early or is corrupt after line "
-                             f"{first_line:,} ({counts['entities']:,} entities read) ({exc})") from None
+        line = lines_before_damage(path)
+        raise DumpParseError(path, line + 1, f"compressed stream ended early or is corrupt after line "
+                             f"{line:,} ({counts['entities']:,} entities read) ({exc})") from None
     for pid, label in relations.items():
         builder.add_relation(pid, label or pid)
     result = dict(counts)

@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines.artifacts import fsync_dir, fsync_tree
+from pipelines.storage import storage_errors
 from pipelines.wikidata import Records
 
 ARROW = {
@@ -62,6 +63,11 @@ def ipc_bytes(table: pa.Table) -> bytes:
 def publish_chunk(final: Path, files: dict[str, pa.Table | bytes], meta: dict[str, Any]) -> None:
     """Write the chunk's files (tables, or their IPC bytes) and ``meta.json`` to a temporary
     directory, fsync it, and rename it to ``final``."""
+    with storage_errors(final):
+        _publish_chunk(final, files, meta)
+
+
+def _publish_chunk(final: Path, files: dict[str, pa.Table | bytes], meta: dict[str, Any]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         for name, content in files.items():

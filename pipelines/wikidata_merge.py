@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 from pipelines import schema
 from pipelines.artifacts import atomic_write_bytes, fsync_dir, fsync_tree, staged_dir
 from pipelines.errors import InputError
-from pipelines.tables import TRIPLES_PER_PART
+from pipelines.storage import storage_errors
+from pipelines.table_writers import TRIPLES_PER_PART
 from pipelines.wikidata_chunks import read_table
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,10 @@ class PartWriter:
         self.part = self.rows_in_part = self.rows = 0
 
     def write(self, table: pa.Table) -> None:
+        with storage_errors(self.dir / f"part-{self.part:05d}.parquet"):
+            self._write(table)
+
+    def _write(self, table: pa.Table) -> None:
         while table.num_rows:
             if self.writer is None:
                 self.writer = pq.ParquetWriter(self.dir / f"part-{self.part:05d}.parquet", self.schema)

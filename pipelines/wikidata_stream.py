@@ -32,7 +32,8 @@ from typing import Any
 
 from pipelines.artifacts import atomic_write_json
 from pipelines.errors import DumpParseError, InputError
-from pipelines.readers import check_readable, compression, count_lines_before, iter_blocks, line_range
+from pipelines.readers import (check_readable, compression, count_lines_before, iter_blocks, line_range,
+                               lines_before_damage)
 from pipelines.wikidata import MalformedLine, Records, WikidataOptions, extract_lines, gc_paused
 from pipelines.wikidata_chunks import chunk_name, chunk_tables, file_index, ipc_bytes, publish_chunk, read_meta
 from pipelines.wikidata_merge import ChunkSummary, merge_chunks
@@ -187,7 +188,8 @@ def _compressed_jobs(fi: int, path: Path, settings: StreamSettings, done: set[st
                 yield name, {"data": block, "first_line": line}
             line += block.count(b"\n")
     except (EOFError, OSError, RuntimeError, ValueError) as exc:
-        raise DumpParseError(path, line, f"compressed stream ended early or is corrupt after line {line:,} "
+        line = lines_before_damage(path)  # the whole lines of the block cut short count too
+        raise DumpParseError(path, line + 1, f"compressed stream ended early or is corrupt after line {line:,} "
                              f"({exc or type(exc).__name__}); nothing was published") from None
 
 

@@ -132,9 +132,9 @@ def test_tables_small_runs_give_identical_tables(tmp_path, tiny_sources):
 
 
 def test_tables_triples_part_files(tmp_path, monkeypatch):
-    from pipelines import tables
+    from pipelines import table_writers
 
-    monkeypatch.setattr(tables, "TRIPLES_PER_PART", 3)
+    monkeypatch.setattr(table_writers, "TRIPLES_PER_PART", 3)
     path = tmp_path / "t.tsv"
     path.write_text("".join(f"e{i}\tr\te{i + 1}\n" for i in range(6)))
     layout = ArtifactLayout(tmp_path, "p")
@@ -176,3 +176,27 @@ def test_ingest_options_triples_fields_are_typed():
         IngestOptions(undirected="yes")
     with pytest.raises(InputError, match=r"\[ingest -> triple_columns -> head\] expected a column name"):
         IngestOptions(triple_columns={"head": 1.5})
+
+
+def test_tables_small_runs_identical_for_umls_and_named_triples(tmp_path, data_dir):
+    """UMLS names, types and codes, and the names/types of a PrimeKG-like file, all spilled in runs
+    of 3 rows (aliases, xrefs and rich entities on disk), give the tables of one in-memory run."""
+    from pipelines import umls
+
+    def build(run_rows, name):
+        builder = KGBuilder(run_rows=run_rows, work_dir=tmp_path / "work" / name)
+        umls.read_umls([data_dir / "MRCONSO.RRF", data_dir / "MRSTY.RRF", data_dir / "MRREL.RRF"], builder,
+                       languages=("ENG", "SPA"))
+        columns = {"head": "x_id", "relation": "relation", "tail": "y_id", "head_name": "x_name",
+                   "tail_name": "y_name", "head_type": "x_type", "tail_type": "y_type"}
+        triples.read_triples(data_dir / "primekg_like.tsv", builder, triples.TriplesOptions.from_mapping(columns))
+        assert len(builder._runs["aliases"].paths) > 1 or run_rows > 100  # the small build did spill
+        counts = builder.write(tmp_path / name)
+        return counts, {p.name: pq.read_table(p).to_pylist() for p in sorted((tmp_path / name).rglob("*.parquet"))}
+
+    one, many = build(10**9, "one"), build(3, "many")
+    assert one == many
+    tables = one[1]
+    assert {"C9000001", "C9000002"} <= {e["entity_id"] for e in tables["entities.parquet"]}
+    assert ("Fiebre fabricada", "es") in {(a["alias"], a["lang"]) for a in tables["aliases.parquet"]}
+    assert tables["xrefs.parquet"] and one[0]["xrefs"] == len(tables["xrefs.parquet"])
