@@ -2,7 +2,9 @@
 moments (one uniform draw in each N-th of an uninterrupted run's measured duration) and inside
 every publish swap of a forced rebuild; each kill followed by a plain rerun. Reports, per kill, the
 stage it interrupted, whether the rerun completed and whether the result equals the uninterrupted
-build (tests/chaos.py: what is compared, and why timings are left out).
+build (tests/chaos.py: what is compared, and why timings are left out). The runs report to one
+Prefect server (SQLite) started for the benchmark, as `kalora run` does with PREFECT_API_URL set;
+the SIGKILL hits the `kalora run` process group.
 
     .venv/bin/python benchmarks/chaos.py [--points 20] [--seed 21] [--swaps 6] [--keep]
 
@@ -23,8 +25,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def run(chaos, args) -> list:
+    from tests.chaos import kill_delays
+
+    duration = chaos.reference()
+    print(f"uninterrupted build: {duration:.1f} s, {len(chaos.expected)} artifact files and manifest stages compared; "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    outcomes = []
+    for delay in kill_delays(args.seed, args.points, duration):
+        outcomes.append(chaos.timing_kill(delay))
+        print(f"{outcomes[-1].line()}  (load {os.getloadavg()[0]:.1f})", flush=True)
+    for n in range(1, args.swaps + 1):
+        outcomes.append(chaos.swap_kill(n))
+        print(f"{outcomes[-1].line()}  (load {os.getloadavg()[0]:.1f})", flush=True)
+    return outcomes
+
+
 def main() -> int:
-    from tests.chaos import Chaos, kill_delays
+    from tests.chaos import Chaos
+    from tests.prefect_server import prefect_server
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=int, default=20, help="random kill moments")
@@ -35,19 +54,9 @@ def main() -> int:
 
     scratch = Path(tempfile.mkdtemp(prefix="kalora-chaos-"))
     started = time.monotonic()
-    chaos = Chaos(scratch)
-    chaos.warm_up()
-    duration = chaos.reference()
-    print(f"uninterrupted build: {duration:.1f} s, {len(chaos.expected)} artifact files and manifest stages compared; "
-          f"load average {os.getloadavg()[0]:.2f}", flush=True)
-    outcomes = []
-    for delay in kill_delays(args.seed, args.points, duration):
-        outcomes.append(chaos.timing_kill(delay))
-        print(outcomes[-1].line(), flush=True)
-    for n in range(1, args.swaps + 1):
-        outcomes.append(chaos.swap_kill(n))
-        print(outcomes[-1].line(), flush=True)
-
+    with prefect_server(scratch / "prefect-server") as (api, _):
+        print(f"Prefect server (SQLite) on {api} after {time.monotonic() - started:.0f} s", flush=True)
+        outcomes = run(Chaos(scratch, api), args)
     killed = [o for o in outcomes if o.killed]
     equal = [o for o in killed if o.ok]
     reruns = sorted(o.rerun_seconds for o in killed)

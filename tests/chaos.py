@@ -29,7 +29,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +38,20 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
 NAME = "chaos"
-# the fabricated tiny ontology, with enough embedding epochs that the embed stage checkpoints
-# and resumes several times, and two training steps with a checkpoint after each
+# the fabricated tiny ontology; embedding and training checkpoint after every epoch / step, so that
+# a kill inside them resumes from a checkpoint
 BUILD = {
     "name": NAME,
-    "embed": {"model": "transe", "training_loop": "slcwa", "embedding_dim": 8, "num_epochs": 12, "batch_size": 8,
+    "embed": {"model": "transe", "training_loop": "slcwa", "embedding_dim": 8, "num_epochs": 4, "batch_size": 8,
               "eval_every": 0, "eval_max_triples": None, "checkpoint_every": 1},
     "shards": {"rows_per_part": 50, "question_fraction": 1.0},
     "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "max_length": 48, "vocab_size": 300},
-    "stage1": {"max_steps": 4, "batch_size": 4, "checkpoint_every": 1},
+    "stage1": {"max_steps": 3, "batch_size": 4, "checkpoint_every": 1},
 }
 # stage names as the manifest records them, in build order
 STAGES = ("ingest", "splits", "embed:transe", "index", "linker", "eval:linker", "shards", "train:stage1")
+OUTPUTS = {"ingest": "kg", "embed:transe": "embeddings/transe", "index": "index", "linker": "linker",
+           "shards": "shards", "train:stage1": "adapters/stage1"}
 _TIMING_KEY = re.compile(r"(^|_)(seconds|s|at)$")
 _NOT_DETERMINISTIC_UNDER = {"cache"}  # per stage entry: hashes over files holding timings (module docstring)
 _STATE = {"manifest.json", ".manifest.lock"}
@@ -69,7 +71,6 @@ class Run:
     returncode: int | None  # None: killed
     seconds: float
     log: Path
-    completed: list[str] = field(default_factory=list)  # manifest stages present when it ended
 
     @property
     def killed(self) -> bool:
@@ -111,11 +112,14 @@ def _reap_group(pgid: int) -> None:
         time.sleep(0.05)
 
 
-def chaos_env(prefect_home: Path) -> dict[str, str]:
+def chaos_env(prefect_home: Path, api_url: str | None = None) -> dict[str, str]:
+    """Without ``api_url`` each run starts Prefect's ephemeral API (a subprocess in its group)."""
     env = {**os.environ, "PREFECT_HOME": str(prefect_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180", "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     env.pop("PREFECT_API_URL", None)
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
     return env
 
 
@@ -182,8 +186,9 @@ def leftovers(root: Path) -> list[str]:
     """Staging or set-aside directories a finished build still carries (disk a kill left behind;
     a temporary JSON file of an interrupted ``atomic_write_bytes`` is not counted)."""
     base = root / NAME
-    return sorted(p.relative_to(base).as_posix() for p in base.rglob(".*")
-                  if p.is_dir() and re.search(r"\.(tmp|saving)$|\.old(-\d+@.+)?$", p.name))
+    staged = [p for p in base.rglob(".*") if p.is_dir() and re.search(r"\.(tmp|saving)$|\.old(-\d+@.+)?$", p.name)]
+    spilled = list((base / ".work").glob("*/runs-*"))  # ingest's sort runs (pipelines/spill.py)
+    return sorted(p.relative_to(base).as_posix() for p in staged + spilled)
 
 
 def completed_stages(root: Path, name: str = NAME, stamped: bool = False) -> list[str]:
@@ -211,6 +216,7 @@ class Outcome:
     point: float
     killed: bool               # False: the run finished before the kill
     done_at_kill: list[str]    # manifest stages complete when it was killed
+    missing_at_kill: list[str]  # outputs of those stages absent when it was killed (inside a swap)
     rerun_rc: int | None
     rerun_seconds: float
     differences: list[str]     # artifact paths / manifest stages unlike the reference's
@@ -224,7 +230,8 @@ class Outcome:
         at = "finished first" if not self.killed else f"after {self.done_at_kill[-1] if self.done_at_kill else 'nothing'}"
         what = f"{self.point:7.2f}s" if self.kind == "timing" else f"swap #{int(self.point)}"
         verdict = "equal" if self.ok else f"rerun rc {self.rerun_rc}, differs: {self.differences[:5]}"
-        return f"{self.kind:6} {what:>9}  killed {at:24} rerun {self.rerun_seconds:6.1f}s  {verdict}"
+        gone = f" ({', '.join(self.missing_at_kill)} missing)" if self.missing_at_kill else ""
+        return f"{self.kind:6} {what:>9}  killed {at}{gone}  rerun {self.rerun_seconds:6.1f}s  {verdict}"
 
 
 class Chaos:
@@ -232,9 +239,9 @@ class Chaos:
     (``scratch/artifacts``), so the manifests' absolute paths agree; one PREFECT_HOME throughout, as
     a user's repeated ``kalora run`` would share it."""
 
-    def __init__(self, scratch: Path):
+    def __init__(self, scratch: Path, api_url: str | None = None):
         self.scratch, self.root = scratch, scratch / "artifacts"
-        self.env, self.log = chaos_env(scratch / "prefect"), scratch / "runs.log"
+        self.env, self.log = chaos_env(scratch / "prefect", api_url), scratch / "runs.log"
         self.config = write_config(scratch, self.root)
         self.expected: dict[str, str] = {}
 
@@ -275,9 +282,11 @@ class Chaos:
 
     def _rerun(self, kind: str, point: float, killed: Run) -> Outcome:
         done = completed_stages(self.root)
+        missing = [o for s, o in OUTPUTS.items() if s in done and not (self.root / NAME / o).exists()]
         rerun = kalora(["run", str(self.config)], self.env, self.log)
         diff = differences(self.expected, build_digests(self.root)) if rerun.returncode == 0 else ["<rerun failed>"]
-        return Outcome(kind, point, killed.killed, done, rerun.returncode, rerun.seconds, diff, leftovers(self.root))
+        return Outcome(kind, point, killed.killed, done, missing, rerun.returncode, rerun.seconds, diff,
+                       leftovers(self.root))
 
 
 def _rmtree(path: Path) -> None:
