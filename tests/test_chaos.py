@@ -59,7 +59,7 @@ def test_chaos_comparison_sees_a_changed_table_and_a_changed_vector(chaos, tmp_p
     import pyarrow.parquet as pq
 
     root = tmp_path / "copy"
-    shutil.copytree(chaos.scratch / "reference", root / "chaos")
+    shutil.copytree(chaos.scratch / "reference", root)
     same = build_digests(root)
     table = pq.read_table(root / "chaos" / "kg" / "entities.parquet")
     pq.write_table(table.slice(1), root / "chaos" / "kg" / "entities.parquet")
