@@ -225,7 +225,8 @@ def train_embeddings(layout: ArtifactLayout, config: EmbeddingConfig | None = No
     }
     out_dir = layout.embeddings(config.model)
     version = _write_outputs(out_dir, model, config, entities, relations, metrics)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    for leftover in (checkpoint_dir, checkpoint_dir.with_name(checkpoint_dir.name + ".old")):
+        shutil.rmtree(leftover, ignore_errors=True)
     log.info("%s filtered MRR %.3f Hits@10 %.3f on %d test triples (popularity baseline %.3f)", config.model,
              metrics["mrr"], metrics["hits_at_10"], metrics["evaluated_triples"], metrics["baseline"]["mrr"])
     return record_stage(layout, f"embed:{config.model}", parameters=config.to_dict(),

@@ -172,7 +172,9 @@ def load_checkpoint(directory: Path, model, optimizer, config: EmbeddingConfig):
     from safetensors.torch import load_file
 
     if not (directory / "state.json").exists():
-        return None
+        directory = directory.with_name(directory.name + ".old")  # a save killed between its two renames
+        if not (directory / "state.json").exists():
+            return None
     meta = json.loads((directory / "state.json").read_text())
     if meta.get("version") != CHECKPOINT_VERSION or meta.get("config") != json.loads(json.dumps(config.to_dict())):
         log.warning("ignoring checkpoint %s: it was written with a different configuration", directory)

@@ -87,8 +87,14 @@ def save_loop_checkpoint(directory: Path, model: nn.Module, optimizer, scheduler
     atomic_write_json(tmp / STEP_FILE, {"step": state.step, "micro_batches": state.micro_batches,
                                         "history": state.history, "optimizer": opt_scalars,
                                         "scheduler": scheduler.state_dict(), "fingerprint": fingerprint})
-    shutil.rmtree(directory, ignore_errors=True)
+    # swap by renames: deleting the old checkpoint first could be interrupted half-way and leave
+    # a directory with a step file and no weights, which the next run would fail to load
+    old = directory.with_name(directory.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        directory.rename(old)
     tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_loop_checkpoint(directory: Path, model: nn.Module, optimizer, scheduler,
@@ -100,7 +106,9 @@ def load_loop_checkpoint(directory: Path, model: nn.Module, optimizer, scheduler
     from kg.training import unflatten_optimizer
 
     if not (directory / STEP_FILE).exists():
-        return None
+        directory = directory.with_name(directory.name + ".old")  # a save killed between its two renames
+        if not (directory / STEP_FILE).exists():
+            return None
     scalars = json.loads((directory / STEP_FILE).read_text())
     if scalars.get("fingerprint") != json.loads(json.dumps(fingerprint, default=str)):
         log.info("%s: checkpoint of a different configuration, starting over", directory)

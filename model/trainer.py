@@ -107,7 +107,8 @@ def _write_stage(layout: ArtifactLayout, stage: str, model: KALoRAModel, history
         plot_history(history, plot_keys, tmp / "loss.png", title=stage)
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, tmp / name)
-    shutil.rmtree(layout.adapters / f".checkpoint-{stage}", ignore_errors=True)
+    for checkpoint in (f".checkpoint-{stage}", f".checkpoint-{stage}.old"):
+        shutil.rmtree(layout.adapters / checkpoint, ignore_errors=True)
 
 
 def _saved_model_config(layout: ArtifactLayout, stage: str, given: ModelConfig | None) -> ModelConfig:
@@ -153,10 +154,14 @@ def train_stage1(layout: ArtifactLayout, model_config: ModelConfig = ModelConfig
                            _fingerprint("stage1", model_config, config, manifest["embedding_version"]), progress=progress)
         metrics = {"steps": config.max_steps, **summarize(history, ["lm_loss", "knowledge_loss"]),
                    **gate_stats(history)}
+        # staged, then renamed: a run killed mid-save must not leave a partial directory that the
+        # next run takes for a finished one
         if not (layout.adapters / "tokenizer").exists():
-            tokenizer.save_pretrained(str(layout.adapters / "tokenizer"))
+            with staged_dir(layout.adapters / "tokenizer") as tmp:
+                tokenizer.save_pretrained(str(tmp))
         if not model_config.base_model and not (layout.adapters / "base_model").exists():
-            model.base.save_pretrained(str(layout.adapters / "base_model"), safe_serialization=True)
+            with staged_dir(layout.adapters / "base_model") as tmp:
+                model.base.save_pretrained(str(tmp), safe_serialization=True)
         _write_stage(layout, "stage1", model, history, metrics, {"model": asdict(model_config), "stage": config.to_dict()},
                      ["lm_loss", "knowledge_loss"])
         atomic_write_json(layout.adapters / "kalora.json", {"embedding_version": model.embedding_version,

@@ -12,7 +12,9 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -146,14 +148,45 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
+def _owner() -> str:
+    """``<pid>@<host>``: which process a staging directory belongs to."""
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def sweep_stale_staging(final: Path) -> list[Path]:
+    """Delete what a killed process of this host left beside ``final``: its staging directory
+    (``.<name>.<pid>@<host>-*.tmp``) or the previous output it had renamed aside
+    (``.<name>.old-<pid>@<host>``). Entries of a live process, or of another host, are kept."""
+    pattern = re.compile(rf"\.{re.escape(final.name)}\.(?:old-)?(\d+)@(.+?)(?:-[a-z0-9_]+\.tmp)?")
+    host, removed = socket.gethostname(), []
+    for entry in final.parent.iterdir() if final.parent.is_dir() else ():
+        m = pattern.fullmatch(entry.name)
+        if m and m.group(2) == host and not _alive(int(m.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def staged_dir(final: Path) -> Iterator[Path]:
-    """Yield a fresh temporary directory that replaces ``final`` only if the block succeeds. A full
-    disk or an I/O error in the block (any writer: Parquet, safetensors, ``np.save``) removes the
-    temporary directory and becomes one :class:`StorageError`; ``final`` is left as it was."""
+    """Yield a fresh temporary directory that replaces ``final`` only if the block succeeds (after
+    sweeping what a killed earlier run left beside it). A full disk or an I/O error in the block
+    (any writer: Parquet, safetensors, ``np.save``) removes the temporary directory and becomes one
+    :class:`StorageError`; ``final`` is left as it was."""
     with storage_errors(final):
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        sweep_stale_staging(final)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{_owner()}-", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
     except BaseException as exc:
@@ -163,7 +196,7 @@ def staged_dir(final: Path) -> Iterator[Path]:
             raise
         raise err from None
     os.chmod(tmp, 0o777 & ~_UMASK)
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    old = final.with_name(f".{final.name}.old-{_owner()}")
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)

@@ -1,5 +1,6 @@
-"""A real Prefect server (SQLite, temporary PREFECT_HOME) and process worker on 127.0.0.1, started
-as child processes and stopped by their PIDs. Used by the deployment test and the cache benchmark."""
+"""A real Prefect server (SQLite in a temporary PREFECT_HOME, or the database URL given) and process
+worker on 127.0.0.1, started as child processes and stopped by their PIDs. Used by the deployment
+test, the PostgreSQL production-stack test and the cache benchmark."""
 
 from __future__ import annotations
 
@@ -22,10 +23,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
+def prefect_env(home: Path, api_url: str | None = None, database_url: str | None = None) -> dict[str, str]:
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_UI_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "INFO",
-           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}"}
+           "PREFECT_API_DATABASE_CONNECTION_URL": database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}"}
     env.pop("PREFECT_API_URL", None)
     if api_url:
         env["PREFECT_API_URL"] = api_url
@@ -53,15 +54,17 @@ def _spawn(args: list[str], env: dict[str, str], log: Path, cwd: Path | None = N
 
 
 @contextlib.contextmanager
-def prefect_server(home: Path, timeout: float = 120) -> Iterator[tuple[str, dict[str, str]]]:
-    """Yield (api_url, env for clients) of a server started on a free loopback port."""
+def prefect_server(home: Path, timeout: float = 120,
+                   database_url: str | None = None) -> Iterator[tuple[str, dict[str, str]]]:
+    """Yield (api_url, env for clients) of a server started on a free loopback port, on
+    ``database_url`` (an SQLAlchemy URL) or a SQLite file in ``home``."""
     import httpx
 
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     proc = _spawn([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                  prefect_env(home), home / "server.log")
+                  prefect_env(home, database_url=database_url), home / "server.log")
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -73,7 +76,7 @@ def prefect_server(home: Path, timeout: float = 120) -> Iterator[tuple[str, dict
             if time.monotonic() > deadline:
                 raise RuntimeError(f"prefect server not healthy after {timeout}s:\n{(home / 'server.log').read_text()[-3000:]}")
             time.sleep(0.5)
-        yield api, prefect_env(home, api)
+        yield api, prefect_env(home, api, database_url)
     finally:
         stop(proc)
 
