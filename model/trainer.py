@@ -69,7 +69,10 @@ def prepare(layout: ArtifactLayout, model_config: ModelConfig):
 
         base = AutoModelForCausalLM.from_pretrained(str(out / "base_model"))
     else:
-        base = build_base_model(model_config, len(tokenizer), tokenizer.pad_token_id)
+        # on a forked random state: the knowledge modules below start from the same state whether
+        # the base model is built here or loaded from a finished stage 1 (a rerun, a resumed kill)
+        with torch.random.fork_rng(devices=[]):
+            base = build_base_model(model_config, len(tokenizer), tokenizer.pad_token_id)
     model = KALoRAModel(base, entity_vectors, version, model_config.knowledge_heads, model_config.domain_adapter_rank)
     return tokenizer, model.to(device_of_choice()), manifest
 

@@ -103,3 +103,13 @@ def test_stage1_trains_only_knowledge_modules_and_saves(tiny_build):
         assert torch.equal(a, b), name
     model.load_knowledge(stage1)
     assert json.loads((tiny_build.adapters / "kalora.json").read_text())["embedding_version"] == model.embedding_version
+    # a rerun that finds the saved base model and tokenizer trains the same knowledge weights as
+    # the first run, which built them (a kill after stage 1's publish must not change the result)
+    from safetensors.torch import load_file
+
+    first = load_file(str(stage1 / "knowledge.safetensors"))
+    again = train_stage1(tiny_build, ModelConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=300, max_length=48),
+                         StageConfig(max_steps=30, batch_size=8, learning_rate=5e-3, warmup_steps=2))
+    assert again["metrics"]["last"] == m["last"]
+    second = load_file(str(stage1 / "knowledge.safetensors"))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
