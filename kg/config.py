@@ -45,6 +45,7 @@ class EmbeddingConfig:
     type_negative_fraction: float = 0.5  # shared: share of candidates drawn from the relation's range
     init_scale: float = 0.01           # shared: std of the normal initialisation
     slot_bias: bool = True             # shared: learned (relation, tail) bias started at log(1 + slot count)
+    type_constraints: bool = False     # shared: candidates and scores limited to entity types seen in the slot
     regularizer_weight: float = 0.0    # Lp regulariser on entity and relation vectors (0 disables)
     regularizer_p: float = 3.0         # 3: N3 (Lacroix et al. 2018); 2: squared L2
     label_smoothing: float = 0.0

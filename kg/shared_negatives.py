@@ -11,6 +11,13 @@ uniform negatives teach the type of the answer, range negatives teach the order 
 The loss is a sampled softmax (cross-entropy of each true tail against the candidates, true tails
 of the query masked, logits corrected by the log of each candidate's expected sample count).
 
+With ``type_constraints`` the range is *typed*: every entity that has a type (``kg/entities.parquet``
+``types``) seen among the slot's train fillers — learned from train, so a slot filled only by genes
+accepts every gene, including genes never seen in it. Candidates are then drawn from that range
+only, and out-of-range entities get a fixed score offset of ``-OUT_OF_RANGE`` in training and in
+evaluation alike: the vectors only have to order entities of the right type (the popularity
+baseline, which scores unseen fillers 0, gets the same typing for free from its counts).
+
 The model is DistMult or ComplEx (ComplEx stored as real and imaginary halves concatenated, the
 layout ``kg.embeddings`` exports) with the N3 regulariser of Lacroix et al. (2018).
 """
@@ -29,6 +36,8 @@ from pipelines.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+OUT_OF_RANGE = 1e4  # score offset of entities outside a slot's typed range: below every in-range score
+
 
 class BilinearModel(torch.nn.Module):
     """DistMult or ComplEx over reciprocal relations; score(h, r, t) = query(h, r) · t."""
@@ -44,6 +53,7 @@ class BilinearModel(torch.nn.Module):
         self.entity = torch.nn.Parameter(torch.randn(num_entities, width, generator=gen) * init_scale)
         self.relation = torch.nn.Parameter(torch.randn(2 * num_relations, width, generator=gen) * init_scale)
         self.bias: torch.nn.Parameter | None = None  # (2R, N) slot bias, see use_slot_bias
+        self.register_buffer("outside", None, persistent=False)  # (2R, N) 0 / -OUT_OF_RANGE: restrict_to_ranges
 
     def use_slot_bias(self, index: "QueryIndex") -> None:
         """Add a learned bias per (relation, tail entity), started at log(1 + how often the entity
@@ -53,6 +63,23 @@ class BilinearModel(torch.nn.Module):
         rel_of_tail = np.repeat(index.relations, np.diff(index.offsets))
         np.add.at(counts, (rel_of_tail, index.tails), 1.0)
         self.bias = torch.nn.Parameter(torch.as_tensor(np.log1p(counts)))
+
+    def restrict_to_ranges(self, ranges: list[np.ndarray]) -> None:
+        """Offset every entity outside slot k's range by ``-OUT_OF_RANGE`` in slot k's scores (a
+        buffer, not saved: it is rebuilt from the training data and the entity types)."""
+        outside = torch.full((2 * self.num_relations, self.num_entities), -OUT_OF_RANGE)
+        for k, allowed in enumerate(ranges):
+            outside[k, torch.as_tensor(allowed, dtype=torch.long)] = 0.0
+        self.outside = outside
+
+    def slot_offset(self, relations: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor | float:
+        """Slot bias plus range offset of (relation row, candidate) pairs; every entity without
+        ``candidates``."""
+        offset: torch.Tensor | float = 0.0
+        for table in (self.bias, self.outside):
+            if table is not None:
+                offset = offset + (table if candidates is None else table.index_select(1, candidates))[relations]
+        return offset
 
     def query(self, heads: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:
         h, r = F.embedding(heads, self.entity), F.embedding(relations, self.relation)
@@ -70,13 +97,12 @@ class BilinearModel(torch.nn.Module):
 
     def predict_t(self, hr: torch.Tensor) -> torch.Tensor:
         """Scores of every entity as the tail of (head, relation) rows (0-based original relations)."""
-        scores = self.query(hr[:, 0], hr[:, 1]) @ self.entity.T
-        return scores if self.bias is None else scores + self.bias[hr[:, 1]]
+        return self.query(hr[:, 0], hr[:, 1]) @ self.entity.T + self.slot_offset(hr[:, 1])
 
     def predict_h(self, rt: torch.Tensor) -> torch.Tensor:
         """Scores of every entity as the head of (relation, tail) rows, through the reciprocal relation."""
-        scores = self.query(rt[:, 1], rt[:, 0] + self.num_relations) @ self.entity.T
-        return scores if self.bias is None else scores + self.bias[rt[:, 0] + self.num_relations]
+        rels = rt[:, 0] + self.num_relations
+        return self.query(rt[:, 1], rels) @ self.entity.T + self.slot_offset(rels)
 
 
 class QueryIndex:
@@ -102,6 +128,21 @@ class QueryIndex:
 
     def __len__(self) -> int:
         return len(self.heads)
+
+    def typed_ranges(self, entity_types) -> list[np.ndarray]:
+        """Per slot, every entity sharing a type with one of the slot's train fillers.
+        ``entity_types`` is an (entities × types) sparse matrix; entities without a type count as
+        one type of their own, so an untyped graph gets no constraint from this."""
+        from scipy.sparse import csr_matrix, hstack
+
+        types = csr_matrix(entity_types, dtype=np.float32)
+        untyped = (np.diff(types.indptr) == 0).astype(np.float32)[:, None]
+        types = hstack([types, csr_matrix(untyped)], format="csr")
+        out = []
+        for observed in self.ranges:
+            slot_types = np.asarray(types[observed].sum(0)).ravel() > 0
+            out.append(np.flatnonzero(types @ slot_types.astype(np.float32) > 0))
+        return out
 
     def pairs(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row in ``queries``, true tail) for every true tail of every query."""
@@ -148,9 +189,7 @@ def batch_loss(model: BilinearModel, index: QueryIndex, queries: np.ndarray, con
     rels = torch.as_tensor(index.relations[queries])
     q = model.query(heads, rels)
     cand = torch.as_tensor(candidates)
-    neg = q @ F.embedding(cand, model.entity).T - torch.as_tensor(log_q, dtype=q.dtype)
-    if model.bias is not None:
-        neg = neg + model.bias.index_select(1, cand)[rels]
+    neg = q @ F.embedding(cand, model.entity).T - torch.as_tensor(log_q, dtype=q.dtype) + model.slot_offset(rels, cand)
     column = np.full(index.num_entities, -1, dtype=np.int64)
     column[candidates] = np.arange(len(candidates))
     hit = column[tails] >= 0  # true tails that were drawn as candidates are not negatives
@@ -190,25 +229,45 @@ def train_epoch(model: BilinearModel, optimizer: torch.optim.Optimizer, index: Q
 
 def estimate_memory_bytes(config: EmbeddingConfig, num_entities: int, num_relations: int,
                           batch_size: int, mean_tails: float = 8.0) -> int:
-    """Parameters, gradients and optimizer state, plus one batch's candidate scores and vectors."""
+    """Parameters, gradients and optimizer state (the slot bias's too), the range offsets, plus one
+    batch's candidate scores and vectors."""
     width = config.embedding_dim * (2 if config.model == "complex" else 1)
     params = (num_entities + 2 * num_relations) * width * 4
     optimizer_copies = 2 if config.optimizer == "adam" else 1
     k = min(config.num_negatives, num_entities)
     pairs = batch_size * mean_tails
     batch = (batch_size * k * 3 + pairs * k * 3 + (k + 3 * pairs + 2 * batch_size) * width * 3) * 4
-    return int(params * (2 + optimizer_copies) + batch)
+    slots = 2 * num_relations * num_entities * 4  # one (2R, N) float table: the slot bias, the range offsets
+    tables = slots * (2 + optimizer_copies) * config.slot_bias + slots * config.type_constraints
+    return int(params * (2 + optimizer_copies) + batch + tables)
+
+
+def build(config: EmbeddingConfig, train: np.ndarray, num_entities: int, num_relations: int,
+          entity_types=None) -> tuple[QueryIndex, BilinearModel]:
+    """The query index and the freshly initialised model of ``config`` for 0-based ``train``;
+    ``entity_types`` (entities × types, sparse) enables ``config.type_constraints``."""
+    torch.manual_seed(config.seed)
+    index = QueryIndex(train, num_entities, num_relations)
+    model = BilinearModel(num_entities, num_relations, config.embedding_dim, config.model, config.init_scale,
+                          config.seed)
+    if config.slot_bias:
+        model.use_slot_bias(index)  # counts the observed fillers: before the ranges are widened to types
+    if config.type_constraints and entity_types is not None:
+        index.ranges = index.typed_ranges(entity_types)
+        model.restrict_to_ranges(index.ranges)
+    return index, model
 
 
 def train_shared(config: EmbeddingConfig, train: np.ndarray, num_entities: int, num_relations: int,
-                 checkpoint_dir: Path | None, *, progress: bool = True, stop_after_epochs: int | None = None):
+                 checkpoint_dir: Path | None, *, progress: bool = True, stop_after_epochs: int | None = None,
+                 entity_types=None):
     """Train ``config.num_epochs`` epochs on 0-based ``train`` triples, resumable from
     ``checkpoint_dir`` (safetensors + JSON, the RNG states included, so a resumed run follows the
-    same trajectory); returns (model, state, run info) as ``kg.training.train_model`` does."""
+    same trajectory); returns (model, state, run info) as ``kg.training.train_model`` does.
+    ``entity_types``: see ``build``."""
     from kg.training import TrainingState, available_memory_bytes, load_checkpoint, save_checkpoint
 
-    torch.manual_seed(config.seed)
-    index = QueryIndex(train, num_entities, num_relations)
+    index, model = build(config, train, num_entities, num_relations, entity_types)
     batch_size = config.batch_size or 2048
     need = estimate_memory_bytes(config, num_entities, num_relations, batch_size, len(index.tails) / len(index))
     free = available_memory_bytes()
@@ -217,10 +276,6 @@ def train_shared(config: EmbeddingConfig, train: np.ndarray, num_entities: int, 
     if need > config.memory_fraction * free and not config.force:
         raise ConfigError(f"[embed] training needs about {need / 2**30:.1f} GiB but {free / 2**30:.1f} GiB is "
                           "available: lower batch_size, num_negatives or embedding_dim, or set force: true")
-    model = BilinearModel(num_entities, num_relations, config.embedding_dim, config.model, config.init_scale,
-                          config.seed)
-    if config.slot_bias:
-        model.use_slot_bias(index)
     optimizer = make_optimizer(config, model)
     state = TrainingState()
     restored = load_checkpoint(checkpoint_dir, model, optimizer, config) if checkpoint_dir is not None else None

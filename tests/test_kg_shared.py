@@ -146,3 +146,61 @@ def test_slot_bias_trains_and_resumes(tmp_path):
     train_shared(cfg, train, 60, 2, tmp_path / "c", progress=False, stop_after_epochs=1)
     b, _, _ = train_shared(cfg, train, 60, 2, tmp_path / "c", progress=False)
     torch.testing.assert_close(a.bias, b.bias)
+
+
+def _typed_graph():
+    """Genes 0-5, diseases 6-11, entity 12 untyped. Relation 0: gene -> disease, seen in train only
+    with genes 0-2 and diseases 6-8; relation 1: untyped 12 -> disease."""
+    from scipy.sparse import csr_matrix
+
+    train = np.array([[0, 0, 6], [1, 0, 7], [2, 0, 8], [12, 1, 9]])
+    rows = np.arange(12)
+    types = csr_matrix((np.ones(12), (rows, (rows >= 6).astype(int))), shape=(13, 2))  # 0: gene, 1: disease
+    return train, types
+
+
+def test_typed_ranges_widen_observed_fillers_to_their_types():
+    from kg.shared_negatives import QueryIndex
+
+    train, types = _typed_graph()
+    index = QueryIndex(train, 13, 2)
+    assert index.ranges[0].tolist() == [6, 7, 8]  # observed tails of relation 0
+    ranges = index.typed_ranges(types)
+    assert ranges[0].tolist() == list(range(6, 12))  # every disease
+    assert ranges[2].tolist() == list(range(6))  # reciprocal of relation 0: every gene
+    assert ranges[3].tolist() == [12]  # reciprocal of relation 1: the untyped entity's own type
+
+
+def test_type_constraints_rank_out_of_range_entities_last_and_sample_inside_the_range():
+    from kg.shared_negatives import build, sample_candidates
+
+    train, types = _typed_graph()
+    cfg = EmbeddingConfig(embedding_dim=4, batch_size=4, num_negatives=4, type_constraints=True,
+                          type_negative_fraction=1.0, init_scale=1.0)
+    index, model = build(cfg, train, 13, 2, types)
+    scores = model.predict_t(torch.tensor([[3, 0]]))[0]  # an unseen gene: its tails must be diseases
+    assert scores[6:12].min() > scores[list(range(6)) + [12]].max()
+    heads = model.predict_h(torch.tensor([[0, 10]]))[0]
+    assert heads[:6].min() > heads[6:].max()
+    for seed in range(5):
+        candidates, log_q = sample_candidates(index, np.array([0, 0]), cfg, np.random.default_rng(seed))
+        assert set(candidates) <= set(range(6, 12)) and len(candidates) == 4
+        assert np.allclose(log_q, np.log(4 / 6))
+    _, untyped = build(EmbeddingConfig(embedding_dim=4, type_constraints=False), train, 13, 2, types)
+    assert untyped.outside is None
+
+
+def test_type_constraints_train_through_the_embed_stage(tiny_build, tmp_path):
+    import shutil
+
+    from kg.embeddings import load_entity_types, train_embeddings
+    from pipelines.artifacts import ArtifactLayout
+
+    layout = ArtifactLayout(tmp_path, "tiny")
+    shutil.copytree(tiny_build.kg, layout.kg)
+    types = load_entity_types(layout, 10_000)
+    assert types.shape[0] == 10_000 and types.nnz > 0
+    cfg = EmbeddingConfig(embedding_dim=4, num_epochs=2, batch_size=8, num_negatives=8, eval_max_triples=None,
+                          type_constraints=True, type_negative_fraction=1.0)
+    meta = train_embeddings(layout, cfg, progress=False)["metrics"]
+    assert meta["mrr"] > 0 and meta["epochs"] == 2
