@@ -60,8 +60,8 @@ class BilinearModel(torch.nn.Module):
         fills that slot in train): the model starts from the popularity baseline and its vectors
         only have to learn what counting cannot."""
         counts = np.zeros((2 * self.num_relations, self.num_entities), dtype=np.float32)
-        rel_of_tail = np.repeat(index.relations, np.diff(index.offsets))
-        np.add.at(counts, (rel_of_tail, index.tails), 1.0)
+        for k, (entities, fills) in enumerate(zip(index.ranges, index.range_counts)):
+            counts[k, entities] = fills
         self.bias = torch.nn.Parameter(torch.as_tensor(np.log1p(counts)))
 
     def restrict_to_ranges(self, ranges: list[np.ndarray]) -> None:
@@ -107,7 +107,7 @@ class BilinearModel(torch.nn.Module):
 
 class QueryIndex:
     """Training queries (head, relation) of the reciprocal graph with their true tails (CSR), and
-    each relation's observed range (the tails it has in train)."""
+    each relation's observed range (the tails it has in train) with how often each fills it."""
 
     def __init__(self, train: np.ndarray, num_entities: int, num_relations: int) -> None:
         h, r, t = (train[:, i].astype(np.int64) for i in range(3))
@@ -123,8 +123,10 @@ class QueryIndex:
         self.offsets = np.append(starts, len(keys))
         self.tails = tails
         self.num_entities = num_entities
-        rel_of_pair = rels[order]
-        self.ranges = [np.unique(tails[rel_of_pair == k]) for k in range(2 * num_relations)]
+        slots, counts = np.unique(rels[order] * num_entities + tails, return_counts=True)
+        bounds = np.searchsorted(slots // num_entities, np.arange(2 * num_relations + 1))
+        self.ranges = [slots[a:b] % num_entities for a, b in zip(bounds[:-1], bounds[1:])]
+        self.range_counts = [counts[a:b] for a, b in zip(bounds[:-1], bounds[1:])]  # train fills per range entry
 
     def __len__(self) -> int:
         return len(self.heads)
@@ -143,6 +145,16 @@ class QueryIndex:
             slot_types = np.asarray(types[observed].sum(0)).ravel() > 0
             out.append(np.flatnonzero(types @ slot_types.astype(np.float32) > 0))
         return out
+
+    def widen_ranges(self, ranges: list[np.ndarray]) -> None:
+        """Replace the observed ranges by supersets (``typed_ranges``); entries never seen filling
+        the slot get a count of 0."""
+        counts = []
+        for old, old_counts, new in zip(self.ranges, self.range_counts, ranges):
+            widened = np.zeros(len(new), dtype=np.int64)
+            widened[np.searchsorted(new, old)] = old_counts
+            counts.append(widened)
+        self.ranges, self.range_counts = ranges, counts
 
     def pairs(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row in ``queries``, true tail) for every true tail of every query."""
@@ -163,21 +175,34 @@ class QueryIndex:
 
 def sample_candidates(index: QueryIndex, relations: np.ndarray, config: EmbeddingConfig,
                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """K shared candidates for a batch and the log of each one's expected count in the sample."""
+    """Shared candidates for a batch and the log of each one's probability of being drawn (the
+    sampled-softmax correction): K·(1 − type_negative_fraction) uniform over all entities without
+    replacement, the rest from the batch relations' ranges — uniformly without replacement, or
+    with ``popularity_power`` α > 0 with replacement in proportion to (1 + slot fills)^α, so
+    the hubs the model is most tempted by are drawn more often (duplicates merged)."""
     n = index.num_entities
     k_total = min(config.num_negatives, n)
-    k_type = int(round(k_total * config.type_negative_fraction))
-    pools = [index.ranges[r] for r in np.unique(relations)]
-    pool = np.unique(np.concatenate(pools)) if pools else np.empty(0, np.int64)
-    k_type = min(k_type, len(pool))
+    rels = np.unique(relations)
+    pool = np.unique(np.concatenate([index.ranges[r] for r in rels])) if len(rels) else np.empty(0, np.int64)
+    k_type = min(int(round(k_total * config.type_negative_fraction)), len(pool))
     k_uniform = k_total - k_type
     uniform = rng.choice(n, k_uniform, replace=False)
-    typed = pool[rng.choice(len(pool), k_type, replace=False)] if k_type else np.empty(0, np.int64)
-    candidates = np.unique(np.concatenate([uniform, typed]))
     expected = np.full(n, k_uniform / n)
-    if k_type:
+    if k_type and config.popularity_power > 0:
+        fills = np.zeros(n)
+        for r in rels:
+            fills[index.ranges[r]] += index.range_counts[r]
+        p = (1.0 + fills[pool]) ** config.popularity_power
+        p /= p.sum()
+        typed = pool[np.unique(rng.choice(len(pool), k_type, p=p))]
+        expected[pool] += -np.expm1(k_type * np.log1p(-np.minimum(p, 1 - 1e-12)))
+    elif k_type:
+        typed = pool[rng.choice(len(pool), k_type, replace=False)]
         expected[pool] += k_type / len(pool)
-    return candidates, np.log(expected[candidates])
+    else:
+        typed = np.empty(0, np.int64)
+    candidates = np.unique(np.concatenate([uniform, typed]))
+    return candidates, np.log(np.minimum(expected[candidates], 1.0))
 
 
 def batch_loss(model: BilinearModel, index: QueryIndex, queries: np.ndarray, config: EmbeddingConfig,
@@ -253,7 +278,7 @@ def build(config: EmbeddingConfig, train: np.ndarray, num_entities: int, num_rel
     if config.slot_bias:
         model.use_slot_bias(index)  # counts the observed fillers: before the ranges are widened to types
     if config.type_constraints and entity_types is not None:
-        index.ranges = index.typed_ranges(entity_types)
+        index.widen_ranges(index.typed_ranges(entity_types))
         model.restrict_to_ranges(index.ranges)
     return index, model
 

@@ -204,3 +204,24 @@ def test_type_constraints_train_through_the_embed_stage(tiny_build, tmp_path):
                           type_constraints=True, type_negative_fraction=1.0)
     meta = train_embeddings(layout, cfg, progress=False)["metrics"]
     assert meta["mrr"] > 0 and meta["epochs"] == 2
+
+
+def test_popularity_power_draws_hubs_more_often_with_a_matching_correction():
+    from kg.shared_negatives import QueryIndex, sample_candidates
+
+    # relation 0: tail 10 filled by 20 heads, tails 11..19 once each
+    train = np.array([[h, 0, 10] for h in range(20)] + [[h, 0, 11 + h] for h in range(9)])
+    index = QueryIndex(train, 30, 1)
+    assert index.range_counts[0].tolist() == [20] + [1] * 9
+    cfg = EmbeddingConfig(num_negatives=3, type_negative_fraction=1.0, popularity_power=1.0)
+    drawn, predicted = np.zeros(30), np.zeros(30)
+    for seed in range(400):
+        candidates, log_q = sample_candidates(index, np.array([0]), cfg, np.random.default_rng(seed))
+        assert set(candidates) <= set(range(10, 20))
+        drawn[candidates] += 1
+        predicted[candidates] = np.exp(log_q)
+    hub = 1 - (1 - 21 / 39) ** 3  # P(drawn at least once in 3 draws), weight (1 + 20) of 21 + 9 * 2
+    assert predicted[10] == pytest.approx(hub) and predicted[11] == pytest.approx(1 - (1 - 2 / 39) ** 3)
+    assert drawn[10] / 400 == pytest.approx(hub, abs=0.06) and drawn[11] / 400 == pytest.approx(predicted[11], abs=0.06)
+    uniform = EmbeddingConfig(num_negatives=3, type_negative_fraction=1.0)
+    assert np.exp(sample_candidates(index, np.array([0]), uniform, np.random.default_rng(0))[1]) == pytest.approx(0.3)
