@@ -235,7 +235,8 @@ def batch_loss(model: BilinearModel, index: QueryIndex, queries: np.ndarray, con
 def make_optimizer(config: EmbeddingConfig, model: BilinearModel) -> torch.optim.Optimizer:
     if config.optimizer == "adagrad":
         return torch.optim.Adagrad(model.parameters(), lr=config.learning_rate)
-    return torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    # fused: one kernel per parameter; the default loop took ~8x longer per step on the HPO model
+    return torch.optim.Adam(model.parameters(), lr=config.learning_rate, fused=True)
 
 
 def train_epoch(model: BilinearModel, optimizer: torch.optim.Optimizer, index: QueryIndex,
