@@ -82,7 +82,10 @@ class BilinearModel(torch.nn.Module):
         return offset
 
     def query(self, heads: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:
-        h, r = F.embedding(heads, self.entity), F.embedding(relations, self.relation)
+        return self.combine(F.embedding(heads, self.entity), F.embedding(relations, self.relation))
+
+    def combine(self, h: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """The query vector of head vectors ``h`` and relation vectors ``r``."""
         if self.model != "complex":
             return h * r
         rank = h.shape[1] // 2
@@ -205,30 +208,41 @@ def sample_candidates(index: QueryIndex, relations: np.ndarray, config: Embeddin
     return candidates, np.log(np.minimum(expected[candidates], 1.0))
 
 
+def fixed_logits(model: BilinearModel, rels: torch.Tensor, candidates: np.ndarray, log_q: np.ndarray,
+                 rows: np.ndarray, column_of_tail: np.ndarray) -> torch.Tensor:
+    """The (queries × candidates) logit terms without a gradient: the sampling correction
+    −log q, the range offsets, and −inf where a candidate is a true tail of the query."""
+    fixed = torch.as_tensor(-log_q, dtype=torch.float32).expand(len(rels), len(candidates)).clone()
+    if model.outside is not None:
+        fixed += model.outside.index_select(1, torch.as_tensor(candidates))[rels]
+    hit = column_of_tail >= 0  # true tails that were drawn as candidates are not negatives
+    fixed[torch.as_tensor(rows[hit]), torch.as_tensor(column_of_tail[hit])] = float("-inf")
+    return fixed
+
+
 def batch_loss(model: BilinearModel, index: QueryIndex, queries: np.ndarray, config: EmbeddingConfig,
                rng: np.random.Generator) -> torch.Tensor:
     """Sampled-softmax cross-entropy of every true tail of ``queries`` against shared candidates."""
     rows, tails = index.pairs(queries)
     candidates, log_q = sample_candidates(index, index.relations[queries], config, rng)
-    heads = torch.as_tensor(index.heads[queries])
-    rels = torch.as_tensor(index.relations[queries])
-    q = model.query(heads, rels)
-    cand = torch.as_tensor(candidates)
-    neg = q @ F.embedding(cand, model.entity).T - torch.as_tensor(log_q, dtype=q.dtype) + model.slot_offset(rels, cand)
     column = np.full(index.num_entities, -1, dtype=np.int64)
     column[candidates] = np.arange(len(candidates))
-    hit = column[tails] >= 0  # true tails that were drawn as candidates are not negatives
-    neg = neg.index_put((torch.as_tensor(rows[hit]), torch.as_tensor(column[tails[hit]])),
-                        torch.tensor(float("-inf")))
-    rows_t, tails_t = torch.as_tensor(rows), torch.as_tensor(tails)
-    pos = (F.embedding(rows_t, q) * F.embedding(tails_t, model.entity)).sum(1)
+    rels = torch.as_tensor(index.relations[queries])
+    rows_t, tails_t, cand = torch.as_tensor(rows), torch.as_tensor(tails), torch.as_tensor(candidates)
+    # one gather of every entity row the batch uses: one dense gradient instead of three
+    vectors = F.embedding(torch.cat([torch.as_tensor(index.heads[queries]), cand, tails_t]), model.entity)
+    h, c, t = vectors.split([len(queries), len(cand), len(tails_t)])
+    r = F.embedding(rels, model.relation)
+    q = model.combine(h, r)
+    neg = torch.addmm(fixed_logits(model, rels, candidates, log_q, rows, column[tails]), q, c.T)
+    pos = (q[rows_t] * t).sum(1)
     if model.bias is not None:
+        neg = neg + model.bias.index_select(1, cand)[rels]
         pos = pos + model.bias[rels[rows_t], tails_t]
     # per query, the negatives' log-sum-exp once; per true tail, softmax over itself + negatives
     loss = (torch.logaddexp(pos, torch.logsumexp(neg, dim=1)[rows_t]) - pos).mean()
     if config.regularizer_weight > 0:
-        used = [F.embedding(heads, model.entity), F.embedding(rels, model.relation), F.embedding(tails_t, model.entity)]
-        loss = loss + config.regularizer_weight * sum((model.modulus(x) ** 3).sum() for x in used) / len(queries)
+        loss = loss + config.regularizer_weight * sum((model.modulus(x) ** 3).sum() for x in (h, r, t)) / len(queries)
     return loss
 
 
