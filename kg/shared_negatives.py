@@ -234,11 +234,14 @@ def batch_loss(model: BilinearModel, index: QueryIndex, queries: np.ndarray, con
     h, c, t = vectors.split([len(queries), len(cand), len(tails_t)])
     r = F.embedding(rels, model.relation)
     q = model.combine(h, r)
-    neg = torch.addmm(fixed_logits(model, rels, candidates, log_q, rows, column[tails]), q, c.T)
     pos = (q[rows_t] * t).sum(1)
     if model.bias is not None:
-        neg = neg + model.bias.index_select(1, cand)[rels]
         pos = pos + model.bias[rels[rows_t], tails_t]
+        # the slot bias joins the product as one extra column per relation in the batch
+        slots, slot_of_query = torch.unique(rels, return_inverse=True)
+        q = torch.cat([q, F.one_hot(slot_of_query, len(slots)).to(q.dtype)], dim=1)
+        c = torch.cat([c, model.bias[slots][:, cand].T], dim=1)
+    neg = torch.addmm(fixed_logits(model, rels, candidates, log_q, rows, column[tails]), q, c.T)
     # per query, the negatives' log-sum-exp once; per true tail, softmax over itself + negatives
     loss = (torch.logaddexp(pos, torch.logsumexp(neg, dim=1)[rows_t]) - pos).mean()
     if config.regularizer_weight > 0:
