@@ -47,6 +47,7 @@ class EmbeddingConfig:
     slot_bias: bool = True             # shared: learned (relation, tail) bias started at log(1 + slot count)
     type_constraints: bool = False     # shared: candidates and scores limited to entity types seen in the slot
     popularity_power: float = 0.0      # shared: range candidates drawn ∝ (1 + slot fills)^power (0: uniform)
+    rule_confidence: float = 0.0       # shared: > 0 adds triples implied by 2-hop rules this confident (kg.rules)
     regularizer_weight: float = 0.0    # Lp regulariser on entity and relation vectors (0 disables)
     regularizer_p: float = 3.0         # 3: N3 (Lacroix et al. 2018); 2: squared L2
     label_smoothing: float = 0.0
@@ -81,6 +82,7 @@ class EmbeddingConfig:
         check_range(self, where, "label_smoothing", ge=0, lt=1)
         check_range(self, where, "type_negative_fraction", ge=0, le=1)
         check_range(self, where, "popularity_power", ge=0)
+        check_range(self, where, "rule_confidence", ge=0, le=1)
         check_range(self, where, "num_negatives", "init_scale", gt=0)
         if self.model == "distmult" and self.training_loop != "shared":
             raise _bad(self, "model", "distmult is trained by the shared-negative loop only (training_loop: shared)")

@@ -141,7 +141,8 @@ def _train(layout: ArtifactLayout, config: EmbeddingConfig, splits: dict[str, np
 
         types = load_entity_types(layout, num_entities) if config.type_constraints else None
         return train_shared(config, train.numpy(), num_entities, num_relations, checkpoint_dir, progress=progress,
-                            stop_after_epochs=stop_after_epochs, entity_types=types)
+                            stop_after_epochs=stop_after_epochs, entity_types=types,
+                            relation_labels=list(load_relation_map(layout).ids))
     factory = CoreTriplesFactory(train, num_entities=num_entities, num_relations=num_relations,
                                  create_inverse_triples=config.inverse_triples)
     if config.engine == "lightning":
@@ -231,7 +232,7 @@ def train_embeddings(layout: ArtifactLayout, config: EmbeddingConfig | None = No
         "stopped_early": state.stopped_early, "batch_size": run["batch_size"],
         "memory_estimate_bytes": run["estimated_bytes"], "train_seconds": round(train_timer.seconds, 2),
         "train_cpu_seconds": round(cpu_train, 2), "stage_cpu_seconds": round(time.process_time() - cpu_start, 2),
-        "losses": state.losses, "validation": state.validation,
+        "losses": state.losses, "validation": state.validation, "path_rules": run.get("path_rules"),
     }
     out_dir = layout.embeddings(config.model)
     version = _write_outputs(out_dir, model, config, entities, relations, metrics)

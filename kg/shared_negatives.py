@@ -24,6 +24,7 @@ layout ``kg.embeddings`` exports) with the N3 regulariser of Lacroix et al. (201
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -286,10 +287,16 @@ def estimate_memory_bytes(config: EmbeddingConfig, num_entities: int, num_relati
 
 
 def build(config: EmbeddingConfig, train: np.ndarray, num_entities: int, num_relations: int,
-          entity_types=None) -> tuple[QueryIndex, BilinearModel]:
-    """The query index and the freshly initialised model of ``config`` for 0-based ``train``;
-    ``entity_types`` (entities × types, sparse) enables ``config.type_constraints``."""
+          entity_types=None, relation_labels: list[str] | None = None) -> tuple[QueryIndex, BilinearModel, list]:
+    """The query index, the freshly initialised model of ``config`` for 0-based ``train`` and the
+    path rules mined (``config.rule_confidence`` > 0: their implied triples join ``train``, see
+    kg.rules); ``entity_types`` (entities × types, sparse) enables ``config.type_constraints``."""
     torch.manual_seed(config.seed)
+    rules: list = []
+    if config.rule_confidence > 0:
+        from kg.rules import with_rule_triples
+
+        train, rules = with_rule_triples(train, num_entities, num_relations, config.rule_confidence, relation_labels)
     index = QueryIndex(train, num_entities, num_relations)
     model = BilinearModel(num_entities, num_relations, config.embedding_dim, config.model, config.init_scale,
                           config.seed)
@@ -298,19 +305,19 @@ def build(config: EmbeddingConfig, train: np.ndarray, num_entities: int, num_rel
     if config.type_constraints and entity_types is not None:
         index.widen_ranges(index.typed_ranges(entity_types))
         model.restrict_to_ranges(index.ranges)
-    return index, model
+    return index, model, rules
 
 
 def train_shared(config: EmbeddingConfig, train: np.ndarray, num_entities: int, num_relations: int,
                  checkpoint_dir: Path | None, *, progress: bool = True, stop_after_epochs: int | None = None,
-                 entity_types=None):
+                 entity_types=None, relation_labels: list[str] | None = None):
     """Train ``config.num_epochs`` epochs on 0-based ``train`` triples, resumable from
     ``checkpoint_dir`` (safetensors + JSON, the RNG states included, so a resumed run follows the
     same trajectory); returns (model, state, run info) as ``kg.training.train_model`` does.
-    ``entity_types``: see ``build``."""
+    ``entity_types``, ``relation_labels``: see ``build``."""
     from kg.training import TrainingState, available_memory_bytes, load_checkpoint, save_checkpoint
 
-    index, model = build(config, train, num_entities, num_relations, entity_types)
+    index, model, rules = build(config, train, num_entities, num_relations, entity_types, relation_labels)
     batch_size = config.batch_size or 2048
     need = estimate_memory_bytes(config, num_entities, num_relations, batch_size, len(index.tails) / len(index))
     free = available_memory_bytes()
@@ -335,5 +342,6 @@ def train_shared(config: EmbeddingConfig, train: np.ndarray, num_entities: int, 
         if checkpoint_dir is not None and config.checkpoint_every and state.epoch % config.checkpoint_every == 0:
             save_checkpoint(checkpoint_dir, model, optimizer, state, config, None)
     run = {"batch_size": batch_size, "estimated_bytes": need, "available_bytes": free,
-           "finished": state.epoch >= config.num_epochs, "steps": None}
+           "finished": state.epoch >= config.num_epochs, "steps": None,
+           "path_rules": [dataclasses.asdict(rule) for rule in rules]}
     return model, state, run

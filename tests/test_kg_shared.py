@@ -177,7 +177,7 @@ def test_type_constraints_rank_out_of_range_entities_last_and_sample_inside_the_
     train, types = _typed_graph()
     cfg = EmbeddingConfig(embedding_dim=4, batch_size=4, num_negatives=4, type_constraints=True,
                           type_negative_fraction=1.0, init_scale=1.0)
-    index, model = build(cfg, train, 13, 2, types)
+    index, model, _ = build(cfg, train, 13, 2, types)
     scores = model.predict_t(torch.tensor([[3, 0]]))[0]  # an unseen gene: its tails must be diseases
     assert scores[6:12].min() > scores[list(range(6)) + [12]].max()
     heads = model.predict_h(torch.tensor([[0, 10]]))[0]
@@ -186,7 +186,7 @@ def test_type_constraints_rank_out_of_range_entities_last_and_sample_inside_the_
         candidates, log_q = sample_candidates(index, np.array([0, 0]), cfg, np.random.default_rng(seed))
         assert set(candidates) <= set(range(6, 12)) and len(candidates) == 4
         assert np.allclose(log_q, np.log(4 / 6))
-    _, untyped = build(EmbeddingConfig(embedding_dim=4, type_constraints=False), train, 13, 2, types)
+    _, untyped, _ = build(EmbeddingConfig(embedding_dim=4, type_constraints=False), train, 13, 2, types)
     assert untyped.outside is None
 
 
@@ -225,3 +225,40 @@ def test_popularity_power_draws_hubs_more_often_with_a_matching_correction():
     assert drawn[10] / 400 == pytest.approx(hub, abs=0.06) and drawn[11] / 400 == pytest.approx(predicted[11], abs=0.06)
     uniform = EmbeddingConfig(num_negatives=3, type_negative_fraction=1.0)
     assert np.exp(sample_candidates(index, np.array([0]), uniform, np.random.default_rng(0))[1]) == pytest.approx(0.3)
+
+
+def _composed_graph():
+    """Genes 0-19 -> diseases 20-29 (relation 0), diseases -> phenotypes 30-59 (relation 1), and
+    gene -> phenotype (relation 2) = relation 0 ∘ relation 1, two of whose triples are held out."""
+    rng = np.random.default_rng(0)
+    gd = [(g, 0, 20 + g % 10) for g in range(20)]
+    dp = [(d, 1, p) for d in range(20, 30) for p in rng.choice(np.arange(30, 60), 4, replace=False)]
+    gp = sorted({(g, 2, p) for g, _, d in gd for d2, _, p in dp if d2 == d})
+    held = [gp[0], gp[17]]
+    train = np.array(gd + dp + [t for t in gp if t not in held])
+    return train, np.array(held)
+
+
+def test_path_rules_recover_the_composition_and_its_held_out_triples():
+    from kg.rules import mine_path_rules
+
+    train, held = _composed_graph()
+    rules, implied = mine_path_rules(train, 60, 3, min_confidence=0.8, min_support=5)
+    assert [(r.body, r.head) for r in rules] == [((0, 1), 2)]
+    assert rules[0].implied == 2 and rules[0].confidence == pytest.approx(rules[0].support / (rules[0].support + 2))
+    assert sorted(map(tuple, implied)) == sorted(map(tuple, held))
+    assert mine_path_rules(train, 60, 3, min_confidence=0.99, min_support=5)[0] == []
+
+
+def test_rule_confidence_trains_on_the_implied_triples():
+    from kg.shared_negatives import build, train_shared
+
+    train, held = _composed_graph()
+    cfg = EmbeddingConfig(embedding_dim=4, num_epochs=1, batch_size=8, num_negatives=8, rule_confidence=0.8)
+    index, _, rules = build(cfg, train, 60, 3)
+    assert len(rules) == 1 and len(index.tails) == 2 * (len(train) + 2)
+    for h, r, t in held:  # the held-out triples are now training answers of their queries
+        q = np.flatnonzero((index.heads == h) & (index.relations == r))[0]
+        assert t in index.tails[index.offsets[q]:index.offsets[q + 1]]
+    _, _, run = train_shared(cfg, train, 60, 3, None, progress=False)
+    assert run["path_rules"][0]["head"] == 2 and run["path_rules"][0]["implied"] == 2
