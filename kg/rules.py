@@ -55,30 +55,37 @@ def _body_pairs(first: csr_matrix, second: csr_matrix) -> csr_matrix:
     return pairs
 
 
+def _rules_of_body(pairs: csr_matrix, body: tuple[int, int], heads: list[csr_matrix], min_confidence: float,
+                   min_support: int):
+    """(rule, the triples it adds) for every relation the body's pairs imply confidently."""
+    for head, stated in enumerate(heads):
+        support = int(pairs.multiply(stated).nnz)
+        if support < min_support or support / pairs.nnz < min_confidence:
+            continue
+        new = (pairs - pairs.multiply(stated)).tocoo()
+        new.eliminate_zeros()
+        if new.nnz:  # a confident rule that implies nothing train lacks adds nothing
+            yield (PathRule(body, head, support, support / pairs.nnz, int(new.nnz)),
+                   np.stack([new.row, np.full(new.nnz, head), new.col], axis=1))
+
+
 def mine_path_rules(train: np.ndarray, num_entities: int, num_relations: int, min_confidence: float,
                     min_support: int = 20, max_paths: int = 20_000_000) -> tuple[list[PathRule], np.ndarray]:
     """(rules kept, the 0-based (head, relation, tail) triples they imply that train lacks)."""
     adj = _adjacency(train, num_entities, num_relations)
-    indeg = [np.asarray(a.sum(0)).ravel() for a in adj]
-    outdeg = [np.asarray(a.sum(1)).ravel() for a in adj]
+    indeg = csr_matrix(np.stack([np.asarray(a.sum(0)).ravel() for a in adj]))  # (2R × entities)
+    outdeg = csr_matrix(np.stack([np.asarray(a.sum(1)).ravel() for a in adj]))
+    paths = (indeg @ outdeg.T).toarray()  # paths[k1, k2]: (x, z, y) paths of body k1 ∘ k2
     rules, implied = [], []
-    for k1 in range(len(adj)):
-        for k2 in range(len(adj)):
-            if k2 == (k1 + num_relations) % len(adj) or float(indeg[k1] @ outdeg[k2]) > max_paths:
-                continue  # r ∘ r⁻¹ only says "shares a neighbour"; over the cap: too many paths
-            pairs = _body_pairs(adj[k1], adj[k2])
-            if pairs.nnz == 0:
-                continue
-            for head in range(num_relations):
-                support = int(pairs.multiply(adj[head]).nnz)
-                if support < min_support or support / pairs.nnz < min_confidence:
-                    continue
-                new = (pairs - pairs.multiply(adj[head])).tocoo()
-                new.eliminate_zeros()
-                if new.nnz == 0:
-                    continue  # confident but implies nothing train lacks
-                rules.append(PathRule((k1, k2), head, support, support / pairs.nnz, int(new.nnz)))
-                implied.append(np.stack([new.row, np.full(new.nnz, head), new.col], axis=1))
+    for k1, k2 in zip(*np.nonzero((paths > 0) & (paths <= max_paths))):
+        if k2 == (k1 + num_relations) % len(adj):
+            continue  # r ∘ r⁻¹ only says "shares a neighbour"
+        pairs = _body_pairs(adj[k1], adj[k2])
+        if pairs.nnz:
+            for rule, new in _rules_of_body(pairs, (int(k1), int(k2)), adj[:num_relations], min_confidence,
+                                            min_support):
+                rules.append(rule)
+                implied.append(new)
     triples = np.unique(np.concatenate(implied), axis=0) if implied else np.empty((0, 3), np.int64)
     return rules, triples.astype(np.int64)
 
