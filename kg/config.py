@@ -23,8 +23,10 @@ class EmbeddingConfig:
     (the HPO demo: 36,853 entities, 509k triples), chosen by measurement (BENCHMARKS.md, issue 14).
 
     ``shared`` (kg.shared_negatives) scores each batch of (head, relation) queries against one set
-    of ``num_negatives`` candidates — half drawn uniformly, half from the relation's observed range —
-    with one matrix product: the cost per epoch grows with triples × candidates, not with entities.
+    of ``num_negatives`` candidates drawn from the slot's typed range (the entities whose types fill
+    that slot in train; out-of-range entities score last) with one matrix product: the cost per
+    epoch grows with triples × candidates, not with entities. Two-hop rules mined from train with
+    ``rule_confidence`` (kg.rules) add the triples they imply to training.
     ``lcwa`` (PyKEEN) scores every entity for each (head, relation) — with reciprocal relations this
     is the 1-N training that reaches published quality on small graphs (``model: complex`` or
     ``model: transe`` select those tuned configs); ``slcwa`` (PyKEEN) samples ``num_negs_per_pos``
@@ -42,9 +44,12 @@ class EmbeddingConfig:
     learning_rate: float = 0.03
     num_negs_per_pos: int = 4          # slcwa only
     num_negatives: int = 2048          # shared: candidates shared by each batch of queries
-    type_negative_fraction: float = 0.5  # shared: share of candidates drawn from the relation's range
+    type_negative_fraction: float = 1.0  # shared: share of candidates drawn from the relation's range
     init_scale: float = 0.01           # shared: std of the normal initialisation
     slot_bias: bool = True             # shared: learned (relation, tail) bias started at log(1 + slot count)
+    type_constraints: bool = True      # shared: candidates and scores limited to entity types seen in the slot
+    popularity_power: float = 0.0      # shared: range candidates drawn ∝ (1 + slot fills)^power (0: uniform)
+    rule_confidence: float = 0.8       # shared: > 0 adds triples implied by 2-hop rules this confident (kg.rules)
     regularizer_weight: float = 0.0    # Lp regulariser on entity and relation vectors (0 disables)
     regularizer_p: float = 3.0         # 3: N3 (Lacroix et al. 2018); 2: squared L2
     label_smoothing: float = 0.0
@@ -78,6 +83,8 @@ class EmbeddingConfig:
         check_range(self, where, "memory_fraction", gt=0, le=1)
         check_range(self, where, "label_smoothing", ge=0, lt=1)
         check_range(self, where, "type_negative_fraction", ge=0, le=1)
+        check_range(self, where, "popularity_power", ge=0)
+        check_range(self, where, "rule_confidence", ge=0, le=1)
         check_range(self, where, "num_negatives", "init_scale", gt=0)
         if self.model == "distmult" and self.training_loop != "shared":
             raise _bad(self, "model", "distmult is trained by the shared-negative loop only (training_loop: shared)")

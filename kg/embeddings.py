@@ -121,8 +121,22 @@ def _sample(arr: torch.Tensor, limit: int | None, seed: int) -> torch.Tensor:
     return arr[np.sort(np.random.default_rng(seed).choice(len(arr), limit, replace=False))]
 
 
-def _train(config: EmbeddingConfig, splits: dict[str, np.ndarray], num_entities: int, num_relations: int,
-           checkpoint_dir: Path, progress: bool, stop_after_epochs: int | None):
+def load_entity_types(layout: ArtifactLayout, num_entities: int):
+    """(entities × types) sparse indicator of ``kg/entities.parquet``'s ``types``, row i = index i + 1."""
+    from scipy.sparse import csr_matrix
+
+    table = pq.read_table(layout.entities, columns=["index", "types"])
+    rows = np.asarray(table.column("index").to_numpy(), dtype=np.int64) - 1
+    lists = table.column("types").to_pylist()
+    names = {name: i for i, name in enumerate(sorted({t for ts in lists for t in ts or ()}))}
+    lengths = np.array([len(ts or ()) for ts in lists], dtype=np.int64)
+    cols = np.array([names[t] for ts in lists for t in ts or ()], dtype=np.int64)
+    return csr_matrix((np.ones(len(cols), np.float32), (np.repeat(rows, lengths), cols)),
+                      shape=(num_entities, max(len(names), 1)))
+
+
+def _train(layout: ArtifactLayout, config: EmbeddingConfig, splits: dict[str, np.ndarray], num_entities: int,
+           num_relations: int, checkpoint_dir: Path, progress: bool, stop_after_epochs: int | None):
     """(model, training state, run info) for the configured loop and engine."""
     from pykeen.triples import CoreTriplesFactory
 
@@ -130,8 +144,10 @@ def _train(config: EmbeddingConfig, splits: dict[str, np.ndarray], num_entities:
     if config.training_loop == "shared":
         from kg.shared_negatives import train_shared
 
+        types = load_entity_types(layout, num_entities) if config.type_constraints else None
         return train_shared(config, train.numpy(), num_entities, num_relations, checkpoint_dir, progress=progress,
-                            stop_after_epochs=stop_after_epochs)
+                            stop_after_epochs=stop_after_epochs, entity_types=types,
+                            relation_labels=list(load_relation_map(layout).ids))
     factory = CoreTriplesFactory(train, num_entities=num_entities, num_relations=num_relations,
                                  create_inverse_triples=config.inverse_triples)
     if config.engine == "lightning":
@@ -208,7 +224,7 @@ def train_embeddings(layout: ArtifactLayout, config: EmbeddingConfig | None = No
              config.embedding_dim, config.training_loop, len(splits["train"]), len(entities.ids), config.num_epochs)
     cpu_start = time.process_time()
     with Timer() as train_timer:
-        model, state, run = _train(config, splits, len(entities.ids), len(relations.ids), checkpoint_dir,
+        model, state, run = _train(layout, config, splits, len(entities.ids), len(relations.ids), checkpoint_dir,
                                    progress, stop_after_epochs)
     if not run["finished"]:
         raise TrainingInterrupted(f"stopped after epoch {state.epoch} of {config.num_epochs}; "
@@ -221,7 +237,7 @@ def train_embeddings(layout: ArtifactLayout, config: EmbeddingConfig | None = No
         "stopped_early": state.stopped_early, "batch_size": run["batch_size"],
         "memory_estimate_bytes": run["estimated_bytes"], "train_seconds": round(train_timer.seconds, 2),
         "train_cpu_seconds": round(cpu_train, 2), "stage_cpu_seconds": round(time.process_time() - cpu_start, 2),
-        "losses": state.losses, "validation": state.validation,
+        "losses": state.losses, "validation": state.validation, "path_rules": run.get("path_rules"),
     }
     out_dir = layout.embeddings(config.model)
     version = _write_outputs(out_dir, model, config, entities, relations, metrics)

@@ -11,12 +11,20 @@ uniform negatives teach the type of the answer, range negatives teach the order 
 The loss is a sampled softmax (cross-entropy of each true tail against the candidates, true tails
 of the query masked, logits corrected by the log of each candidate's expected sample count).
 
+With ``type_constraints`` the range is *typed*: every entity that has a type (``kg/entities.parquet``
+``types``) seen among the slot's train fillers — learned from train, so a slot filled only by genes
+accepts every gene, including genes never seen in it. Candidates are then drawn from that range
+only, and out-of-range entities get a fixed score offset of ``-OUT_OF_RANGE`` in training and in
+evaluation alike: the vectors only have to order entities of the right type (the popularity
+baseline, which scores unseen fillers 0, gets the same typing for free from its counts).
+
 The model is DistMult or ComplEx (ComplEx stored as real and imaginary halves concatenated, the
 layout ``kg.embeddings`` exports) with the N3 regulariser of Lacroix et al. (2018).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -28,6 +36,8 @@ from kg.config import EmbeddingConfig
 from pipelines.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+OUT_OF_RANGE = 1e4  # score offset of entities outside a slot's typed range: below every in-range score
 
 
 class BilinearModel(torch.nn.Module):
@@ -44,18 +54,39 @@ class BilinearModel(torch.nn.Module):
         self.entity = torch.nn.Parameter(torch.randn(num_entities, width, generator=gen) * init_scale)
         self.relation = torch.nn.Parameter(torch.randn(2 * num_relations, width, generator=gen) * init_scale)
         self.bias: torch.nn.Parameter | None = None  # (2R, N) slot bias, see use_slot_bias
+        self.register_buffer("outside", None, persistent=False)  # (2R, N) 0 / -OUT_OF_RANGE: restrict_to_ranges
 
     def use_slot_bias(self, index: "QueryIndex") -> None:
         """Add a learned bias per (relation, tail entity), started at log(1 + how often the entity
         fills that slot in train): the model starts from the popularity baseline and its vectors
         only have to learn what counting cannot."""
         counts = np.zeros((2 * self.num_relations, self.num_entities), dtype=np.float32)
-        rel_of_tail = np.repeat(index.relations, np.diff(index.offsets))
-        np.add.at(counts, (rel_of_tail, index.tails), 1.0)
+        for k, (entities, fills) in enumerate(zip(index.ranges, index.range_counts)):
+            counts[k, entities] = fills
         self.bias = torch.nn.Parameter(torch.as_tensor(np.log1p(counts)))
 
+    def restrict_to_ranges(self, ranges: list[np.ndarray]) -> None:
+        """Offset every entity outside slot k's range by ``-OUT_OF_RANGE`` in slot k's scores (a
+        buffer, not saved: it is rebuilt from the training data and the entity types)."""
+        outside = torch.full((2 * self.num_relations, self.num_entities), -OUT_OF_RANGE)
+        for k, allowed in enumerate(ranges):
+            outside[k, torch.as_tensor(allowed, dtype=torch.long)] = 0.0
+        self.outside = outside
+
+    def slot_offset(self, relations: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor | float:
+        """Slot bias plus range offset of (relation row, candidate) pairs; every entity without
+        ``candidates``."""
+        offset: torch.Tensor | float = 0.0
+        for table in (self.bias, self.outside):
+            if table is not None:
+                offset = offset + (table if candidates is None else table.index_select(1, candidates))[relations]
+        return offset
+
     def query(self, heads: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:
-        h, r = F.embedding(heads, self.entity), F.embedding(relations, self.relation)
+        return self.combine(F.embedding(heads, self.entity), F.embedding(relations, self.relation))
+
+    def combine(self, h: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """The query vector of head vectors ``h`` and relation vectors ``r``."""
         if self.model != "complex":
             return h * r
         rank = h.shape[1] // 2
@@ -70,18 +101,17 @@ class BilinearModel(torch.nn.Module):
 
     def predict_t(self, hr: torch.Tensor) -> torch.Tensor:
         """Scores of every entity as the tail of (head, relation) rows (0-based original relations)."""
-        scores = self.query(hr[:, 0], hr[:, 1]) @ self.entity.T
-        return scores if self.bias is None else scores + self.bias[hr[:, 1]]
+        return self.query(hr[:, 0], hr[:, 1]) @ self.entity.T + self.slot_offset(hr[:, 1])
 
     def predict_h(self, rt: torch.Tensor) -> torch.Tensor:
         """Scores of every entity as the head of (relation, tail) rows, through the reciprocal relation."""
-        scores = self.query(rt[:, 1], rt[:, 0] + self.num_relations) @ self.entity.T
-        return scores if self.bias is None else scores + self.bias[rt[:, 0] + self.num_relations]
+        rels = rt[:, 0] + self.num_relations
+        return self.query(rt[:, 1], rels) @ self.entity.T + self.slot_offset(rels)
 
 
 class QueryIndex:
     """Training queries (head, relation) of the reciprocal graph with their true tails (CSR), and
-    each relation's observed range (the tails it has in train)."""
+    each relation's observed range (the tails it has in train) with how often each fills it."""
 
     def __init__(self, train: np.ndarray, num_entities: int, num_relations: int) -> None:
         h, r, t = (train[:, i].astype(np.int64) for i in range(3))
@@ -97,11 +127,38 @@ class QueryIndex:
         self.offsets = np.append(starts, len(keys))
         self.tails = tails
         self.num_entities = num_entities
-        rel_of_pair = rels[order]
-        self.ranges = [np.unique(tails[rel_of_pair == k]) for k in range(2 * num_relations)]
+        slots, counts = np.unique(rels[order] * num_entities + tails, return_counts=True)
+        bounds = np.searchsorted(slots // num_entities, np.arange(2 * num_relations + 1))
+        self.ranges = [slots[a:b] % num_entities for a, b in zip(bounds[:-1], bounds[1:])]
+        self.range_counts = [counts[a:b] for a, b in zip(bounds[:-1], bounds[1:])]  # train fills per range entry
 
     def __len__(self) -> int:
         return len(self.heads)
+
+    def typed_ranges(self, entity_types) -> list[np.ndarray]:
+        """Per slot, every entity sharing a type with one of the slot's train fillers.
+        ``entity_types`` is an (entities × types) sparse matrix; entities without a type count as
+        one type of their own, so an untyped graph gets no constraint from this."""
+        from scipy.sparse import csr_matrix, hstack
+
+        types = csr_matrix(entity_types, dtype=np.float32)
+        untyped = (np.diff(types.indptr) == 0).astype(np.float32)[:, None]
+        types = hstack([types, csr_matrix(untyped)], format="csr")
+        out = []
+        for observed in self.ranges:
+            slot_types = np.asarray(types[observed].sum(0)).ravel() > 0
+            out.append(np.flatnonzero(types @ slot_types.astype(np.float32) > 0))
+        return out
+
+    def widen_ranges(self, ranges: list[np.ndarray]) -> None:
+        """Replace the observed ranges by supersets (``typed_ranges``); entries never seen filling
+        the slot get a count of 0."""
+        counts = []
+        for old, old_counts, new in zip(self.ranges, self.range_counts, ranges):
+            widened = np.zeros(len(new), dtype=np.int64)
+            widened[np.searchsorted(new, old)] = old_counts
+            counts.append(widened)
+        self.ranges, self.range_counts = ranges, counts
 
     def pairs(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row in ``queries``, true tail) for every true tail of every query."""
@@ -122,21 +179,46 @@ class QueryIndex:
 
 def sample_candidates(index: QueryIndex, relations: np.ndarray, config: EmbeddingConfig,
                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """K shared candidates for a batch and the log of each one's expected count in the sample."""
+    """Shared candidates for a batch and the log of each one's probability of being drawn (the
+    sampled-softmax correction): K·(1 − type_negative_fraction) uniform over all entities without
+    replacement, the rest from the batch relations' ranges — uniformly without replacement, or
+    with ``popularity_power`` α > 0 with replacement in proportion to (1 + slot fills)^α, so
+    the hubs the model is most tempted by are drawn more often (duplicates merged)."""
     n = index.num_entities
     k_total = min(config.num_negatives, n)
-    k_type = int(round(k_total * config.type_negative_fraction))
-    pools = [index.ranges[r] for r in np.unique(relations)]
-    pool = np.unique(np.concatenate(pools)) if pools else np.empty(0, np.int64)
-    k_type = min(k_type, len(pool))
+    rels = np.unique(relations)
+    pool = np.unique(np.concatenate([index.ranges[r] for r in rels])) if len(rels) else np.empty(0, np.int64)
+    k_type = min(int(round(k_total * config.type_negative_fraction)), len(pool))
     k_uniform = k_total - k_type
     uniform = rng.choice(n, k_uniform, replace=False)
-    typed = pool[rng.choice(len(pool), k_type, replace=False)] if k_type else np.empty(0, np.int64)
-    candidates = np.unique(np.concatenate([uniform, typed]))
     expected = np.full(n, k_uniform / n)
-    if k_type:
+    if k_type and config.popularity_power > 0:
+        fills = np.zeros(n)
+        for r in rels:
+            fills[index.ranges[r]] += index.range_counts[r]
+        p = (1.0 + fills[pool]) ** config.popularity_power
+        p /= p.sum()
+        typed = pool[np.unique(rng.choice(len(pool), k_type, p=p))]
+        expected[pool] += -np.expm1(k_type * np.log1p(-np.minimum(p, 1 - 1e-12)))
+    elif k_type:
+        typed = pool[rng.choice(len(pool), k_type, replace=False)]
         expected[pool] += k_type / len(pool)
-    return candidates, np.log(expected[candidates])
+    else:
+        typed = np.empty(0, np.int64)
+    candidates = np.unique(np.concatenate([uniform, typed]))
+    return candidates, np.log(np.minimum(expected[candidates], 1.0))
+
+
+def fixed_logits(model: BilinearModel, rels: torch.Tensor, candidates: np.ndarray, log_q: np.ndarray,
+                 rows: np.ndarray, column_of_tail: np.ndarray) -> torch.Tensor:
+    """The (queries × candidates) logit terms without a gradient: the sampling correction
+    −log q, the range offsets, and −inf where a candidate is a true tail of the query."""
+    fixed = torch.as_tensor(-log_q, dtype=torch.float32).expand(len(rels), len(candidates)).clone()
+    if model.outside is not None:
+        fixed += model.outside.index_select(1, torch.as_tensor(candidates))[rels]
+    hit = column_of_tail >= 0  # true tails that were drawn as candidates are not negatives
+    fixed[torch.as_tensor(rows[hit]), torch.as_tensor(column_of_tail[hit])] = float("-inf")
+    return fixed
 
 
 def batch_loss(model: BilinearModel, index: QueryIndex, queries: np.ndarray, config: EmbeddingConfig,
@@ -144,34 +226,35 @@ def batch_loss(model: BilinearModel, index: QueryIndex, queries: np.ndarray, con
     """Sampled-softmax cross-entropy of every true tail of ``queries`` against shared candidates."""
     rows, tails = index.pairs(queries)
     candidates, log_q = sample_candidates(index, index.relations[queries], config, rng)
-    heads = torch.as_tensor(index.heads[queries])
-    rels = torch.as_tensor(index.relations[queries])
-    q = model.query(heads, rels)
-    cand = torch.as_tensor(candidates)
-    neg = q @ F.embedding(cand, model.entity).T - torch.as_tensor(log_q, dtype=q.dtype)
-    if model.bias is not None:
-        neg = neg + model.bias.index_select(1, cand)[rels]
     column = np.full(index.num_entities, -1, dtype=np.int64)
     column[candidates] = np.arange(len(candidates))
-    hit = column[tails] >= 0  # true tails that were drawn as candidates are not negatives
-    neg = neg.index_put((torch.as_tensor(rows[hit]), torch.as_tensor(column[tails[hit]])),
-                        torch.tensor(float("-inf")))
-    rows_t, tails_t = torch.as_tensor(rows), torch.as_tensor(tails)
-    pos = (F.embedding(rows_t, q) * F.embedding(tails_t, model.entity)).sum(1)
+    rels = torch.as_tensor(index.relations[queries])
+    rows_t, tails_t, cand = torch.as_tensor(rows), torch.as_tensor(tails), torch.as_tensor(candidates)
+    # one gather of every entity row the batch uses: one dense gradient instead of three
+    vectors = F.embedding(torch.cat([torch.as_tensor(index.heads[queries]), cand, tails_t]), model.entity)
+    h, c, t = vectors.split([len(queries), len(cand), len(tails_t)])
+    r = F.embedding(rels, model.relation)
+    q = model.combine(h, r)
+    pos = (q[rows_t] * t).sum(1)
     if model.bias is not None:
         pos = pos + model.bias[rels[rows_t], tails_t]
+        # the slot bias joins the product as one extra column per relation in the batch
+        slots, slot_of_query = torch.unique(rels, return_inverse=True)
+        q = torch.cat([q, F.one_hot(slot_of_query, len(slots)).to(q.dtype)], dim=1)
+        c = torch.cat([c, model.bias[slots][:, cand].T], dim=1)
+    neg = torch.addmm(fixed_logits(model, rels, candidates, log_q, rows, column[tails]), q, c.T)
     # per query, the negatives' log-sum-exp once; per true tail, softmax over itself + negatives
     loss = (torch.logaddexp(pos, torch.logsumexp(neg, dim=1)[rows_t]) - pos).mean()
     if config.regularizer_weight > 0:
-        used = [F.embedding(heads, model.entity), F.embedding(rels, model.relation), F.embedding(tails_t, model.entity)]
-        loss = loss + config.regularizer_weight * sum((model.modulus(x) ** 3).sum() for x in used) / len(queries)
+        loss = loss + config.regularizer_weight * sum((model.modulus(x) ** 3).sum() for x in (h, r, t)) / len(queries)
     return loss
 
 
 def make_optimizer(config: EmbeddingConfig, model: BilinearModel) -> torch.optim.Optimizer:
     if config.optimizer == "adagrad":
         return torch.optim.Adagrad(model.parameters(), lr=config.learning_rate)
-    return torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    # fused: one kernel per parameter; the default loop took ~8x longer per step on the HPO model
+    return torch.optim.Adam(model.parameters(), lr=config.learning_rate, fused=True)
 
 
 def train_epoch(model: BilinearModel, optimizer: torch.optim.Optimizer, index: QueryIndex,
@@ -190,25 +273,51 @@ def train_epoch(model: BilinearModel, optimizer: torch.optim.Optimizer, index: Q
 
 def estimate_memory_bytes(config: EmbeddingConfig, num_entities: int, num_relations: int,
                           batch_size: int, mean_tails: float = 8.0) -> int:
-    """Parameters, gradients and optimizer state, plus one batch's candidate scores and vectors."""
+    """Parameters, gradients and optimizer state (the slot bias's too), the range offsets, plus one
+    batch's candidate scores and vectors."""
     width = config.embedding_dim * (2 if config.model == "complex" else 1)
     params = (num_entities + 2 * num_relations) * width * 4
     optimizer_copies = 2 if config.optimizer == "adam" else 1
     k = min(config.num_negatives, num_entities)
     pairs = batch_size * mean_tails
     batch = (batch_size * k * 3 + pairs * k * 3 + (k + 3 * pairs + 2 * batch_size) * width * 3) * 4
-    return int(params * (2 + optimizer_copies) + batch)
+    slots = 2 * num_relations * num_entities * 4  # one (2R, N) float table: the slot bias, the range offsets
+    tables = slots * (2 + optimizer_copies) * config.slot_bias + slots * config.type_constraints
+    return int(params * (2 + optimizer_copies) + batch + tables)
+
+
+def build(config: EmbeddingConfig, train: np.ndarray, num_entities: int, num_relations: int,
+          entity_types=None, relation_labels: list[str] | None = None) -> tuple[QueryIndex, BilinearModel, list]:
+    """The query index, the freshly initialised model of ``config`` for 0-based ``train`` and the
+    path rules mined (``config.rule_confidence`` > 0: their implied triples join ``train``, see
+    kg.rules); ``entity_types`` (entities × types, sparse) enables ``config.type_constraints``."""
+    torch.manual_seed(config.seed)
+    rules: list = []
+    if config.rule_confidence > 0:
+        from kg.rules import with_rule_triples
+
+        train, rules = with_rule_triples(train, num_entities, num_relations, config.rule_confidence, relation_labels)
+    index = QueryIndex(train, num_entities, num_relations)
+    model = BilinearModel(num_entities, num_relations, config.embedding_dim, config.model, config.init_scale,
+                          config.seed)
+    if config.slot_bias:
+        model.use_slot_bias(index)  # counts the observed fillers: before the ranges are widened to types
+    if config.type_constraints and entity_types is not None:
+        index.widen_ranges(index.typed_ranges(entity_types))
+        model.restrict_to_ranges(index.ranges)
+    return index, model, rules
 
 
 def train_shared(config: EmbeddingConfig, train: np.ndarray, num_entities: int, num_relations: int,
-                 checkpoint_dir: Path | None, *, progress: bool = True, stop_after_epochs: int | None = None):
+                 checkpoint_dir: Path | None, *, progress: bool = True, stop_after_epochs: int | None = None,
+                 entity_types=None, relation_labels: list[str] | None = None):
     """Train ``config.num_epochs`` epochs on 0-based ``train`` triples, resumable from
     ``checkpoint_dir`` (safetensors + JSON, the RNG states included, so a resumed run follows the
-    same trajectory); returns (model, state, run info) as ``kg.training.train_model`` does."""
+    same trajectory); returns (model, state, run info) as ``kg.training.train_model`` does.
+    ``entity_types``, ``relation_labels``: see ``build``."""
     from kg.training import TrainingState, available_memory_bytes, load_checkpoint, save_checkpoint
 
-    torch.manual_seed(config.seed)
-    index = QueryIndex(train, num_entities, num_relations)
+    index, model, rules = build(config, train, num_entities, num_relations, entity_types, relation_labels)
     batch_size = config.batch_size or 2048
     need = estimate_memory_bytes(config, num_entities, num_relations, batch_size, len(index.tails) / len(index))
     free = available_memory_bytes()
@@ -217,10 +326,6 @@ def train_shared(config: EmbeddingConfig, train: np.ndarray, num_entities: int, 
     if need > config.memory_fraction * free and not config.force:
         raise ConfigError(f"[embed] training needs about {need / 2**30:.1f} GiB but {free / 2**30:.1f} GiB is "
                           "available: lower batch_size, num_negatives or embedding_dim, or set force: true")
-    model = BilinearModel(num_entities, num_relations, config.embedding_dim, config.model, config.init_scale,
-                          config.seed)
-    if config.slot_bias:
-        model.use_slot_bias(index)
     optimizer = make_optimizer(config, model)
     state = TrainingState()
     restored = load_checkpoint(checkpoint_dir, model, optimizer, config) if checkpoint_dir is not None else None
@@ -237,5 +342,6 @@ def train_shared(config: EmbeddingConfig, train: np.ndarray, num_entities: int, 
         if checkpoint_dir is not None and config.checkpoint_every and state.epoch % config.checkpoint_every == 0:
             save_checkpoint(checkpoint_dir, model, optimizer, state, config, None)
     run = {"batch_size": batch_size, "estimated_bytes": need, "available_bytes": free,
-           "finished": state.epoch >= config.num_epochs, "steps": None}
+           "finished": state.epoch >= config.num_epochs, "steps": None,
+           "path_rules": [dataclasses.asdict(rule) for rule in rules]}
     return model, state, run

@@ -146,3 +146,119 @@ def test_slot_bias_trains_and_resumes(tmp_path):
     train_shared(cfg, train, 60, 2, tmp_path / "c", progress=False, stop_after_epochs=1)
     b, _, _ = train_shared(cfg, train, 60, 2, tmp_path / "c", progress=False)
     torch.testing.assert_close(a.bias, b.bias)
+
+
+def _typed_graph():
+    """Genes 0-5, diseases 6-11, entity 12 untyped. Relation 0: gene -> disease, seen in train only
+    with genes 0-2 and diseases 6-8; relation 1: untyped 12 -> disease."""
+    from scipy.sparse import csr_matrix
+
+    train = np.array([[0, 0, 6], [1, 0, 7], [2, 0, 8], [12, 1, 9]])
+    rows = np.arange(12)
+    types = csr_matrix((np.ones(12), (rows, (rows >= 6).astype(int))), shape=(13, 2))  # 0: gene, 1: disease
+    return train, types
+
+
+def test_typed_ranges_widen_observed_fillers_to_their_types():
+    from kg.shared_negatives import QueryIndex
+
+    train, types = _typed_graph()
+    index = QueryIndex(train, 13, 2)
+    assert index.ranges[0].tolist() == [6, 7, 8]  # observed tails of relation 0
+    ranges = index.typed_ranges(types)
+    assert ranges[0].tolist() == list(range(6, 12))  # every disease
+    assert ranges[2].tolist() == list(range(6))  # reciprocal of relation 0: every gene
+    assert ranges[3].tolist() == [12]  # reciprocal of relation 1: the untyped entity's own type
+
+
+def test_type_constraints_rank_out_of_range_entities_last_and_sample_inside_the_range():
+    from kg.shared_negatives import build, sample_candidates
+
+    train, types = _typed_graph()
+    cfg = EmbeddingConfig(embedding_dim=4, batch_size=4, num_negatives=4, type_constraints=True,
+                          type_negative_fraction=1.0, init_scale=1.0)
+    index, model, _ = build(cfg, train, 13, 2, types)
+    scores = model.predict_t(torch.tensor([[3, 0]]))[0]  # an unseen gene: its tails must be diseases
+    assert scores[6:12].min() > scores[list(range(6)) + [12]].max()
+    heads = model.predict_h(torch.tensor([[0, 10]]))[0]
+    assert heads[:6].min() > heads[6:].max()
+    for seed in range(5):
+        candidates, log_q = sample_candidates(index, np.array([0, 0]), cfg, np.random.default_rng(seed))
+        assert set(candidates) <= set(range(6, 12)) and len(candidates) == 4
+        assert np.allclose(log_q, np.log(4 / 6))
+    _, untyped, _ = build(EmbeddingConfig(embedding_dim=4, type_constraints=False), train, 13, 2, types)
+    assert untyped.outside is None
+
+
+def test_type_constraints_train_through_the_embed_stage(tiny_build, tmp_path):
+    import shutil
+
+    from kg.embeddings import load_entity_types, train_embeddings
+    from pipelines.artifacts import ArtifactLayout
+
+    layout = ArtifactLayout(tmp_path, "tiny")
+    shutil.copytree(tiny_build.kg, layout.kg)
+    types = load_entity_types(layout, 10_000)
+    assert types.shape[0] == 10_000 and types.nnz > 0
+    cfg = EmbeddingConfig(embedding_dim=4, num_epochs=2, batch_size=8, num_negatives=8, eval_max_triples=None,
+                          type_constraints=True, type_negative_fraction=1.0)
+    meta = train_embeddings(layout, cfg, progress=False)["metrics"]
+    assert meta["mrr"] > 0 and meta["epochs"] == 2
+
+
+def test_popularity_power_draws_hubs_more_often_with_a_matching_correction():
+    from kg.shared_negatives import QueryIndex, sample_candidates
+
+    # relation 0: tail 10 filled by 20 heads, tails 11..19 once each
+    train = np.array([[h, 0, 10] for h in range(20)] + [[h, 0, 11 + h] for h in range(9)])
+    index = QueryIndex(train, 30, 1)
+    assert index.range_counts[0].tolist() == [20] + [1] * 9
+    cfg = EmbeddingConfig(num_negatives=3, type_negative_fraction=1.0, popularity_power=1.0)
+    drawn, predicted = np.zeros(30), np.zeros(30)
+    for seed in range(400):
+        candidates, log_q = sample_candidates(index, np.array([0]), cfg, np.random.default_rng(seed))
+        assert set(candidates) <= set(range(10, 20))
+        drawn[candidates] += 1
+        predicted[candidates] = np.exp(log_q)
+    hub = 1 - (1 - 21 / 39) ** 3  # P(drawn at least once in 3 draws), weight (1 + 20) of 21 + 9 * 2
+    assert predicted[10] == pytest.approx(hub) and predicted[11] == pytest.approx(1 - (1 - 2 / 39) ** 3)
+    assert drawn[10] / 400 == pytest.approx(hub, abs=0.06) and drawn[11] / 400 == pytest.approx(predicted[11], abs=0.06)
+    uniform = EmbeddingConfig(num_negatives=3, type_negative_fraction=1.0)
+    assert np.exp(sample_candidates(index, np.array([0]), uniform, np.random.default_rng(0))[1]) == pytest.approx(0.3)
+
+
+def _composed_graph():
+    """Genes 0-19 -> diseases 20-29 (relation 0), diseases -> phenotypes 30-59 (relation 1), and
+    gene -> phenotype (relation 2) = relation 0 ∘ relation 1, two of whose triples are held out."""
+    rng = np.random.default_rng(0)
+    gd = [(g, 0, 20 + g % 10) for g in range(20)]
+    dp = [(d, 1, p) for d in range(20, 30) for p in rng.choice(np.arange(30, 60), 4, replace=False)]
+    gp = sorted({(g, 2, p) for g, _, d in gd for d2, _, p in dp if d2 == d})
+    held = [gp[0], gp[17]]
+    train = np.array(gd + dp + [t for t in gp if t not in held])
+    return train, np.array(held)
+
+
+def test_path_rules_recover_the_composition_and_its_held_out_triples():
+    from kg.rules import mine_path_rules
+
+    train, held = _composed_graph()
+    rules, implied = mine_path_rules(train, 60, 3, min_confidence=0.8, min_support=5)
+    assert [(r.body, r.head) for r in rules] == [((0, 1), 2)]
+    assert rules[0].implied == 2 and rules[0].confidence == pytest.approx(rules[0].support / (rules[0].support + 2))
+    assert sorted(map(tuple, implied)) == sorted(map(tuple, held))
+    assert mine_path_rules(train, 60, 3, min_confidence=0.99, min_support=5)[0] == []
+
+
+def test_rule_confidence_trains_on_the_implied_triples():
+    from kg.shared_negatives import build, train_shared
+
+    train, held = _composed_graph()
+    cfg = EmbeddingConfig(embedding_dim=4, num_epochs=1, batch_size=8, num_negatives=8, rule_confidence=0.8)
+    index, _, rules = build(cfg, train, 60, 3)
+    assert len(rules) == 1 and len(index.tails) == 2 * (len(train) + 2)
+    for h, r, t in held:  # the held-out triples are now training answers of their queries
+        q = np.flatnonzero((index.heads == h) & (index.relations == r))[0]
+        assert t in index.tails[index.offsets[q]:index.offsets[q + 1]]
+    _, _, run = train_shared(cfg, train, 60, 3, None, progress=False)
+    assert run["path_rules"][0]["head"] == 2 and run["path_rules"][0]["implied"] == 2
