@@ -96,6 +96,8 @@ def test_chaos_staging_left_by_a_killed_process_is_swept_at_the_next_publish(tmp
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("KALORA_CHAOS_20"),
+                    reason="the 20-kill run takes longer than CI's budget: KALORA_CHAOS_20=1 runs it")
 def test_chaos_twenty_random_kills_and_every_publish_swap(chaos):
     """About 40 minutes on the 2-core machine under a load average of 15-20 (BENCHMARKS.md)."""
     outcomes = [chaos.timing_kill(d) for d in kill_delays(SEED + 1, 20, chaos.duration)]
