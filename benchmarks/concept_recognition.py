@@ -12,7 +12,8 @@ documents. Arms, side by side in one run:
   matched greedily longest-first over the tokens (the linker's own ``AliasMatcher``), each match
   taking the first entity of its alias rows;
 - ``linker``: the saved linker as ``spacy.load`` gives it (default config);
-- one ablation per text feature (``abbreviations`` off, ``negation`` off: negated mentions counted).
+- one ablation per text feature (``abbreviations``, ``coordination``, ``negation`` off: negated
+  mentions counted).
 
 Reported: P, R, F1, documents/s (median of ``--repeats`` passes over the corpus).
 """
@@ -104,9 +105,11 @@ def main() -> None:
     if "sentencizer" not in nlp.pipe_names:  # linkers built before sentence bounds were part of the pipeline
         nlp.add_pipe("sentencizer", first=True)
     arms = {"dictionary (longest exact name)": dictionary_arm(nlp),
-            "linker, abbreviations + negation off (before)": linker_arm(nlp, abbreviations=False, negation=False),
+            "linker, abbreviations + coordination + negation off (before)":
+                linker_arm(nlp, abbreviations=False, coordination=False, negation=False),
             "linker, default": linker_arm(nlp),
             "linker, abbreviations off": linker_arm(nlp, abbreviations=False),
+            "linker, coordination off": linker_arm(nlp, coordination=False),
             "linker, negation off": linker_arm(nlp, negation=False)}
     times: dict[str, list[float]] = {name: [] for name in arms}
     results = {}

@@ -96,12 +96,18 @@ def _definitions(doc: Doc) -> list[tuple[Span, Span]]:
 def find_abbreviations(doc: Doc) -> list[Abbreviation]:
     """Every abbreviation defined in ``doc`` with its later uses (first definition of a short form wins)."""
     out, seen = [], set()
+    starts: dict[str, list[int]] | None = None
     for long, short in _definitions(doc):
         if short.text in seen:
             continue
         seen.add(short.text)
-        uses = tuple(doc[t.i:t.i + len(short)] for t in doc
-                     if t.i + len(short) <= len(doc) and doc[t.i:t.i + len(short)].text == short.text
-                     and t.i != short.start and not (long.start <= t.i < long.end))
+        if starts is None:  # token positions by text, built once per document that defines any
+            starts = {}
+            for t in doc:
+                starts.setdefault(t.text, []).append(t.i)
+        n = len(short)
+        uses = tuple(doc[i:i + n] for i in starts.get(short[0].text, ())
+                     if i != short.start and not (long.start <= i < long.end) and i + n <= len(doc)
+                     and (n == 1 or doc[i:i + n].text == short.text))
         out.append(Abbreviation(long, short, uses))
     return out

@@ -61,11 +61,19 @@ class NegationRules:
                      for p in (*TRIGGERS[kind], *self.extra.get(kind, ())))
 
 
-def _find(words: list[str], phrases: tuple[tuple[str, ...], ...]) -> list[tuple[int, int]]:
-    """(start, end) token offsets of every phrase occurrence, longest first at each start."""
+def _compile(phrases: tuple[tuple[str, ...], ...]) -> dict[str, list[tuple[str, ...]]]:
+    """Phrases by first word, longest first."""
+    out: dict[str, list[tuple[str, ...]]] = {}
+    for p in sorted(set(phrases), key=len, reverse=True):
+        out.setdefault(p[0], []).append(p)
+    return out
+
+
+def _find(words: list[str], phrases: dict[str, list[tuple[str, ...]]]) -> list[tuple[int, int]]:
+    """(start, end) token offsets of every phrase occurrence, the longest at each start."""
     out = []
-    for i in range(len(words)):
-        for p in sorted(phrases, key=len, reverse=True):
+    for i, w in enumerate(words):
+        for p in phrases.get(w, ()):
             if tuple(words[i:i + len(p)]) == p:
                 out.append((i, i + len(p)))
                 break
@@ -77,7 +85,7 @@ class ScopeFinder:
 
     def __init__(self, rules: NegationRules = NegationRules()):
         self.rules = rules
-        self.kinds = {kind: rules.phrases(kind) for kind in TRIGGERS}
+        self.kinds = {kind: _compile(rules.phrases(kind)) for kind in TRIGGERS}
 
     def _scopes(self, words: list[str]) -> dict[str, list[tuple[int, int]]]:
         """Per "negation"/"uncertain": token ranges [start, end) inside the sentence that are in scope."""
