@@ -53,7 +53,9 @@ STAGES = ("ingest", "splits", "embed:transe", "index", "linker", "eval:linker", 
 OUTPUTS = {"ingest": "kg", "embed:transe": "embeddings/transe", "index": "index", "linker": "linker",
            "shards": "shards", "train:stage1": "adapters/stage1"}
 _TIMING_KEY = re.compile(r"(^|_)(seconds|s|at)$")
-_NOT_DETERMINISTIC_UNDER = {"cache"}  # per stage entry: hashes over files holding timings (module docstring)
+# per stage entry: hashes over files holding timings (module docstring); the integrity block's
+# digests cover the same files, which are compared one by one, timings left out
+_NOT_DETERMINISTIC_UNDER = {"cache", "integrity"}
 _STATE = {"manifest.json", ".manifest.lock"}
 _SCRATCH = re.compile(r"(^|/)(\.work|checkpoints|\.[^/]*\.(tmp|saving)|\.[^/]*\.old(-[^/]+)?)(/|$)")
 
@@ -157,7 +159,10 @@ def file_digest(path: Path, root: str) -> str:
     if path.suffix == ".parquet":
         return _parquet_digest(path)
     if path.suffix == ".json":
-        return _digest(_strip(json.loads(path.read_text()), root))
+        data = json.loads(path.read_text())
+        if path.name == "sentencizer.json":  # spaCy writes its punctuation set in hash order
+            data["punct_chars"] = sorted(data.get("punct_chars") or [])
+        return _digest(_strip(data, root))
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -174,8 +179,8 @@ def build_digests(root: Path) -> dict[str, str]:
     out = {}
     for path in sorted(p for p in base.rglob("*") if p.is_file()):
         rel = path.relative_to(base).as_posix()
-        if rel in _STATE or _SCRATCH.search(rel):
-            continue
+        if rel in _STATE or _SCRATCH.search(rel) or any(part.startswith(".") for part in path.relative_to(base).parts):
+            continue  # hidden files are run state: the writer lock, running markers
         out[rel] = file_digest(path, str(root))
     for stage, entry in manifest_stages(base, str(root)).items():
         out[f"manifest.json#{stage}"] = _digest(entry)

@@ -46,7 +46,7 @@ def test_chaos_kill_at_two_random_moments_then_rerun_reproduces_the_build(chaos)
 def test_chaos_kill_inside_a_publish_swap_then_rerun_reproduces_the_build(chaos):
     """Kill point 3: a forced rebuild killed with the old embeddings renamed aside and the new ones
     not yet in place (no output under the final name, the manifest still naming the old one)."""
-    outcome = chaos.swap_kill(1)  # ingest keeps kg/ when its inputs are unchanged: embed swaps first
+    outcome = chaos.swap_kill(2)  # a forced rebuild re-ingests: kg/ swaps first, then the embeddings
     assert outcome.killed and outcome.missing_at_kill == ["embeddings/transe"], outcome.line()
     _check([outcome], chaos.log)
 

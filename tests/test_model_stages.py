@@ -10,7 +10,7 @@ from model.config import AdapterConfig, ModelConfig, StageConfig, TrainConfig
 from model.kalora import KALoRAModel, build_base_model
 from model.modules import DomainAdapter, KnowledgeHead, KnowledgeInjection, UncertaintyWeighting
 from model.tokenizer import train_bpe_tokenizer
-from pipelines.artifacts import ArtifactLayout
+from pipelines.artifacts import ArtifactLayout, atomic_write_json, read_manifest
 from pipelines.errors import ArtifactError, ConfigError
 
 TEXTS = ["Lens opacity is a abnormality of the eye.", "Seizure is a abnormality of the nervous system."] * 20
@@ -32,7 +32,12 @@ def build(tiny_build, tmp_path):
     """A private copy of the tiny build, so stage outputs do not leak between tests."""
     shutil.copytree(tiny_build.base, tmp_path / "tiny")
     shutil.rmtree(tmp_path / "tiny" / "adapters", ignore_errors=True)
-    return ArtifactLayout(tmp_path, "tiny")
+    layout = ArtifactLayout(tmp_path, "tiny")
+    # other tests train on the shared tiny build: their manifest entries go with the adapters
+    manifest = read_manifest(layout)
+    manifest["stages"] = {k: v for k, v in manifest["stages"].items() if not k.startswith("train:")}
+    atomic_write_json(layout.manifest, manifest)
+    return layout
 
 
 # -- modules ----------------------------------------------------------------------------------
