@@ -157,6 +157,8 @@ def test_document_intake_counts_what_it_skips(tmp_path):
     jsonl.write_text('{"id": "p1", "text": "Ptosis."}\n{"id": "p2", "text": 5}\n')
     intake = Intake(jsonl)
     assert list(intake) == [("p1", "Ptosis.")] and intake.skipped == {"not_text": 1}
+    with pytest.raises(Exception, match="no such file or directory"):
+        list(Intake(tmp_path / "missing"))
     jsonl.write_text('{"id": "p1"}\n')
     with pytest.raises(Exception, match=r"d.jsonl:1: expected an object with a \"text\" field"):
         list(Intake(jsonl))
@@ -186,5 +188,3 @@ def test_cli_link_streams_a_directory_as_jsonl_and_pubtator(tmp_path, tiny_build
     lines = r.stdout.splitlines()
     assert lines[:2] == ["p1|t|", "p1|a|The boy had no seizures. He had a clouded lens."]
     assert [ln.split("\t")[1:4] + ln.split("\t")[5:] for ln in lines[2:] if ln.strip()] == [["34", "46", "clouded lens", "HP:9000003"]]
-    r = run_cli("link", "--name", name, "--root", root, "--input", str(tmp_path / "missing"))
-    assert r.returncode == 2 and "no such file or directory" in r.stderr
