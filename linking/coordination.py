@@ -25,8 +25,7 @@ _PHRASE_END = {".", ",", ";", ":", ")", "(", "and", "or", "with", "in", "of", "w
 
 
 def _rows(matcher: AliasMatcher, words: list[str], surface: str) -> list[int]:
-    rows = matcher.rows.get(" ".join(w for w in map(norm_token, words) if w), [])
-    return [r for r in rows if not matcher.case_sensitive[r] or matcher.table.alias[r] == surface]
+    return matcher.lookup(" ".join(w for w in map(norm_token, words) if w), surface)
 
 
 def _word(token) -> bool:

@@ -27,6 +27,11 @@ class AliasMatcher:
             for i in range(1, len(words) + 1):
                 self.prefixes.add(" ".join(words[:i]))
 
+    def lookup(self, key: str, surface: str) -> list[int]:
+        """Alias rows of the normalised ``key`` that ``surface`` may match (case-sensitive aliases
+        only when spelled exactly so)."""
+        return [r for r in self.rows.get(key, ()) if not self.case_sensitive[r] or self.table.alias[r] == surface]
+
     def find(self, text: str, tokens: list[tuple[str, int, int]]) -> list[tuple[int, int, list[int]]]:
         """``tokens``: (text, start_char, end_char). Returns (start_token, end_token, alias rows) for
         non-overlapping longest matches, left to right."""
@@ -40,11 +45,9 @@ class AliasMatcher:
                 key = keyed[j][0] if j == pos else f"{key} {keyed[j][0]}"
                 if key not in self.prefixes:
                     break
-                rows = self.rows.get(key)
-                if rows:
+                if key in self.rows:
                     start_char, end_char = tokens[keyed[pos][1]][1], tokens[keyed[j][1]][2]
-                    surface = text[start_char:end_char]
-                    rows = [r for r in rows if not self.case_sensitive[r] or self.table.alias[r] == surface]
+                    rows = self.lookup(key, text[start_char:end_char])
                     if rows:
                         best = (j, rows)
             if best is None:
