@@ -50,6 +50,7 @@ class EmbeddingConfig:
     type_constraints: bool = True      # shared: candidates and scores limited to entity types seen in the slot
     popularity_power: float = 0.0      # shared: range candidates drawn ∝ (1 + slot fills)^power (0: uniform)
     rule_confidence: float = 0.8       # shared: > 0 adds triples implied by 2-hop rules this confident (kg.rules)
+    sparse_updates: bool | None = None  # shared: update only the entity rows a batch touches (None: by graph size)
     regularizer_weight: float = 0.0    # Lp regulariser on entity and relation vectors (0 disables)
     regularizer_p: float = 3.0         # 3: N3 (Lacroix et al. 2018); 2: squared L2
     label_smoothing: float = 0.0
@@ -106,6 +107,13 @@ class EmbeddingConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def resolved_sparse_updates(self, num_entities: int) -> bool:
+        """``sparse_updates``, or when unset: on from ``SPARSE_UPDATE_ENTITIES`` entities, where a
+        dense update of the whole entity table every step dominates an epoch's cost."""
+        if self.sparse_updates is not None:
+            return self.sparse_updates
+        return num_entities >= SPARSE_UPDATE_ENTITIES
+
 
 @dataclass(frozen=True)
 class OneToNConfig(EmbeddingConfig):
@@ -150,6 +158,7 @@ MODEL_CONFIGS: dict[str, type[EmbeddingConfig]] = {"transe": TransEConfig, "comp
 def _bad(config: EmbeddingConfig, name: str, expected: str) -> ConfigError:
     return ConfigError(f"[embed -> {name}] {expected}, got {getattr(config, name)!r}")
 
+SPARSE_UPDATE_ENTITIES = 100_000  # shared loop: sparse row updates from here (see resolved_sparse_updates)
 SMALL_GRAPH_ENTITIES = 5_000  # up to here 1-N ComplEx (every entity scored per query) is affordable
 
 

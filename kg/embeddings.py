@@ -238,6 +238,8 @@ def train_embeddings(layout: ArtifactLayout, config: EmbeddingConfig | None = No
         "memory_estimate_bytes": run["estimated_bytes"], "train_seconds": round(train_timer.seconds, 2),
         "train_cpu_seconds": round(cpu_train, 2), "stage_cpu_seconds": round(time.process_time() - cpu_start, 2),
         "losses": state.losses, "validation": state.validation, "path_rules": run.get("path_rules"),
+        "sparse_updates": run.get("sparse_updates"), "setup_seconds": run.get("setup_seconds"),
+        "epoch_seconds": run.get("epoch_seconds"),
     }
     out_dir = layout.embeddings(config.model)
     version = _write_outputs(out_dir, model, config, entities, relations, metrics)

@@ -262,3 +262,99 @@ def test_rule_confidence_trains_on_the_implied_triples():
         assert t in index.tails[index.offsets[q]:index.offsets[q + 1]]
     _, _, run = train_shared(cfg, train, 60, 3, None, progress=False)
     assert run["path_rules"][0]["head"] == 2 and run["path_rules"][0]["implied"] == 2
+
+
+def _old_expected(index, relations, config, candidates, n):
+    """The sampling probabilities computed the direct way, over an array of every entity."""
+    rels = np.unique(relations)
+    pool = np.unique(np.concatenate([index.ranges[r] for r in rels]))
+    k_total = min(config.num_negatives, n)
+    k_type = min(int(round(k_total * config.type_negative_fraction)), len(pool))
+    expected = np.full(n, (k_total - k_type) / n)
+    if k_type and config.popularity_power > 0:
+        fills = np.zeros(n)
+        for r in rels:
+            fills[index.ranges[r]] += index.range_counts[r]
+        p = (1.0 + fills[pool]) ** config.popularity_power
+        p /= p.sum()
+        expected[pool] += 1 - (1 - p) ** k_type
+    elif k_type:
+        expected[pool] += k_type / len(pool)
+    return np.log(np.minimum(expected[candidates], 1.0))
+
+
+@pytest.mark.parametrize("fraction,power", [(0.5, 0.0), (1.0, 0.0), (0.5, 1.0), (0.0, 0.0)])
+def test_sampling_correction_matches_the_whole_entity_computation(fraction, power):
+    from kg.shared_negatives import QueryIndex, sample_candidates
+
+    train, _ = _graph(4)
+    index = QueryIndex(train, 60, 2)
+    cfg = EmbeddingConfig(num_negatives=24, type_negative_fraction=fraction, popularity_power=power)
+    for relations in (np.array([0, 0]), np.array([1, 2, 3]), np.array([3])):
+        candidates, log_q = sample_candidates(index, relations, cfg, np.random.default_rng(7))
+        assert np.all(np.diff(candidates) > 0), "candidates come back sorted and unique"
+        np.testing.assert_allclose(log_q, _old_expected(index, relations, cfg, candidates, 60), rtol=1e-9)
+
+
+def test_sparse_updates_touch_only_the_batch_rows_and_resume(tmp_path):
+    from kg.shared_negatives import batch_loss, build, make_optimizer, train_shared
+
+    train, test = _graph(5)
+    cfg = EmbeddingConfig(model="complex", embedding_dim=4, num_epochs=4, batch_size=8, num_negatives=8,
+                          slot_bias=True, sparse_updates=True, type_constraints=False, rule_confidence=0)
+    index, model, _ = build(cfg, train, 60, 2)
+    assert model.sparse_updates
+    optimizer = make_optimizer(cfg, model)
+    rng = np.random.default_rng(0)
+    for step in range(2):
+        queries = index.batches(8, rng)[0]
+        before_e, before_b = model.entity.detach().clone(), model.bias.detach().clone()
+        optimizer.zero_grad()
+        loss = batch_loss(model, index, queries, cfg, np.random.default_rng(step))
+        loss.backward()
+        assert model.entity.grad.is_sparse and model.bias.grad.is_sparse
+        touched = np.unique(model.entity.grad.coalesce().indices().numpy())
+        optimizer.step()
+        moved = np.flatnonzero((model.entity.detach() != before_e).any(1).numpy())
+        assert set(moved) <= set(touched) and len(moved) > 0
+        untouched = np.setdiff1d(np.arange(60), touched)
+        assert torch.equal(model.bias.detach()[untouched], before_b[untouched])
+    # trains, and a resumed run (the two optimizers' state in one checkpoint) follows the same path
+    a, state, _ = train_shared(cfg, train, 60, 2, None, progress=False)
+    assert state.losses[-1] < state.losses[0]
+    _, _, run = train_shared(cfg, train, 60, 2, tmp_path / "c", progress=False, stop_after_epochs=2)
+    assert not run["finished"]
+    b, _, run = train_shared(cfg, train, 60, 2, tmp_path / "c", progress=False)
+    assert run["finished"]
+    torch.testing.assert_close(a.entity, b.entity)
+    torch.testing.assert_close(a.bias, b.bias)
+    # and learns what the dense loop learns on the structured graph
+    known = np.concatenate([train, test])
+    long = dict(model="distmult", embedding_dim=16, num_epochs=30, batch_size=16, num_negatives=32,
+                learning_rate=0.05, init_scale=0.1)
+    sparse, _, _ = train_shared(EmbeddingConfig(**long, sparse_updates=True), train, 60, 2, None, progress=False)
+    m = with_baseline(filtered_rank_metrics(sparse, test, known, 2), train, test, known, 2)
+    assert m["mrr"] > 2 * m["baseline"]["mrr"]
+
+
+def test_sparse_updates_default_by_graph_size_and_adagrad_takes_sparse_gradients():
+    from kg.config import SPARSE_UPDATE_ENTITIES
+    from kg.shared_negatives import train_shared
+
+    assert not EmbeddingConfig().resolved_sparse_updates(SPARSE_UPDATE_ENTITIES - 1)
+    assert EmbeddingConfig().resolved_sparse_updates(SPARSE_UPDATE_ENTITIES)
+    assert not EmbeddingConfig(sparse_updates=False).resolved_sparse_updates(10**9)
+    train, _ = _graph(6)
+    cfg = EmbeddingConfig(embedding_dim=4, num_epochs=3, batch_size=8, num_negatives=16, optimizer="adagrad",
+                          learning_rate=0.1, sparse_updates=True, rule_confidence=0)
+    model, state, _ = train_shared(cfg, train, 60, 2, None, progress=False)
+    assert model.sparse_updates and state.losses[-1] < state.losses[0]
+
+
+def test_memory_estimate_drops_the_dense_entity_gradient_with_sparse_updates():
+    from kg.shared_negatives import estimate_memory_bytes
+
+    dense = estimate_memory_bytes(EmbeddingConfig(sparse_updates=False), 1_000_000, 10, 1024)
+    sparse = estimate_memory_bytes(EmbeddingConfig(sparse_updates=True), 1_000_000, 10, 1024)
+    table = 1_000_000 * 128 * 4
+    assert dense - sparse == table + 20 * 1_000_000 * 4  # one entity table and one slot-bias table fewer
