@@ -10,6 +10,11 @@ DATA = Path(__file__).parent / "data"
 _STATE = Path(os.environ.get("PYTEST_STATE_DIR", Path(__file__).resolve().parents[1] / ".pytest_state"))
 os.environ.setdefault("PREFECT_HOME", str(_STATE / "prefect"))
 os.environ.setdefault("PYKEEN_HOME", str(_STATE / "pykeen"))
+# Under pytest-xdist each worker gets its own Prefect home (its own SQLite database: two ephemeral
+# servers writing one file lock each other out) and its own PyKEEN home (dataset extraction).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("PREFECT_HOME", "PYKEEN_HOME"):
+        os.environ[_var] = f"{os.environ[_var]}-{os.environ['PYTEST_XDIST_WORKER']}"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 # Prefect's ephemeral API gives up after 20 s by default; a busy 2-core CI machine can take longer.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")

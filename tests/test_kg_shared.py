@@ -250,6 +250,21 @@ def test_path_rules_recover_the_composition_and_its_held_out_triples():
     assert mine_path_rules(train, 60, 3, min_confidence=0.99, min_support=5)[0] == []
 
 
+def test_sampled_screen_keeps_the_rule_and_skips_bodies_that_cannot_reach_the_threshold(caplog):
+    """With a screen of a few paths every body is screened on a sample: the composed rule still
+    passes (and is then counted exactly), the other bodies are skipped without being computed."""
+    import logging
+
+    from kg.rules import mine_path_rules
+
+    train, held = _composed_graph()
+    exact = mine_path_rules(train, 60, 3, min_confidence=0.8, min_support=5)
+    with caplog.at_level(logging.INFO, logger="kg.rules"):
+        screened = mine_path_rules(train, 60, 3, min_confidence=0.8, min_support=5, screen_paths=8)
+    assert screened[0] == exact[0] and np.array_equal(screened[1], exact[1])
+    assert "rule bodies skipped after a sampled screen" in caplog.text
+
+
 def test_rule_confidence_trains_on_the_implied_triples():
     from kg.shared_negatives import build, train_shared
 
