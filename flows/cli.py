@@ -138,6 +138,23 @@ def cmd_candidates(args) -> None:
             for r in ranked]}, ensure_ascii=False))
 
 
+def cmd_serve(args) -> None:
+    from linking.build import load_linker
+    from linking.serve import ServeLimits, serve
+    from pipelines.errors import InputError
+
+    for flag in ("port", "max_body_bytes", "max_batch", "max_chars"):
+        value = getattr(args, flag)
+        if value < (0 if flag == "port" else 1) or (flag == "port" and value > 65535):
+            raise InputError(f"--{flag.replace('_', '-')} {value}: out of range")
+    layout = _layout(args)
+    nlp = load_linker(layout)
+    limits = ServeLimits(max_body_bytes=args.max_body_bytes, max_batch=args.max_batch, max_chars=args.max_chars)
+    print(f"serving {layout.linker} on http://{args.host}:{args.port} (POST /link, POST /candidates, GET /health)",
+          file=sys.stderr, flush=True)
+    serve(nlp, args.host, args.port, limits, name=args.name, source=str(layout.linker))
+
+
 def cmd_shards(args) -> dict:
     from flows.stages import shard_inputs
     from pipelines.config import from_dict
@@ -318,6 +335,12 @@ def _linking_parsers(sub) -> None:
     sp = _stage(sub, "candidates", "candidates for one mention per line (JSONL to stdout)", cmd_candidates)
     sp.add_argument("--input", required=True)
     sp.add_argument("--k", type=int, default=10)
+    sp = _stage(sub, "serve", "serve the linker over HTTP: POST /link, POST /candidates, GET /health", cmd_serve)
+    sp.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    sp.add_argument("--port", type=int, default=8765)
+    sp.add_argument("--max-body-bytes", type=int, default=8 * 2**20, help="larger request bodies get 413")
+    sp.add_argument("--max-batch", type=int, default=256, help="documents (or mentions) per request; more get 413")
+    sp.add_argument("--max-chars", type=int, default=1_000_000, help="characters per document; more get 413")
 
 
 def _training_parsers(sub) -> None:
