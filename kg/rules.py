@@ -88,19 +88,19 @@ class _StatedPairs:
 
 
 def _keys(pairs: csr_matrix, rows: np.ndarray | None, n: int) -> np.ndarray:
-    """The (x, y) pairs of a body product as sorted unique keys x·n + y, x ≠ y; ``rows`` maps the
-    product's rows back to entities when it was computed on a sample of them."""
+    """The (x, y) pairs of a body product as keys x·n + y, x ≠ y (unique: a sparse product holds each
+    pair once); ``rows`` maps the product's rows back to entities when it was computed on a sample
+    of them."""
     coo = pairs.tocoo()
     x = coo.row.astype(np.int64) if rows is None else rows[coo.row].astype(np.int64)
     y = coo.col.astype(np.int64)
     keep = (x != y) & (coo.data != 0)
-    return np.unique(x[keep] * n + y[keep])
+    return x[keep] * n + y[keep]
 
 
-def _sample_rows(first: csr_matrix, out_second: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarray:
-    """Start entities in seeded random order until their paths through ``first`` then a relation
-    with out-degrees ``out_second`` reach ``budget`` (sorted)."""
-    row_paths = first @ out_second
+def _sample_rows(row_paths: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarray:
+    """Start entities in seeded random order until their paths (``row_paths``: per start entity,
+    the body's paths from it) reach ``budget`` (sorted)."""
     nz = np.flatnonzero(row_paths)
     order = rng.permutation(nz)
     take = int(np.searchsorted(np.cumsum(row_paths[order]), budget)) + 1
@@ -109,7 +109,7 @@ def _sample_rows(first: csr_matrix, out_second: np.ndarray, budget: int, rng: np
 
 def mine_path_rules(train: np.ndarray, num_entities: int, num_relations: int, min_confidence: float,
                     min_support: int = 20, max_paths: int = 20_000_000,
-                    screen_paths: int = 100_000) -> tuple[list[PathRule], np.ndarray]:
+                    screen_paths: int = 20_000) -> tuple[list[PathRule], np.ndarray]:
     """(rules kept, the 0-based (head, relation, tail) triples they imply that train lacks)."""
     n = num_entities
     adj = _adjacency(train, n, num_relations)
@@ -120,11 +120,14 @@ def mine_path_rules(train: np.ndarray, num_entities: int, num_relations: int, mi
     rng = np.random.default_rng(0)
     rules, implied = [], []
     screened = 0
+    row_paths, row_paths_of = None, -1
     for k1, k2 in zip(*np.nonzero((paths > 0) & (paths <= max_paths))):
         if k2 == (k1 + num_relations) % len(adj):
             continue  # r ∘ r⁻¹ only says "shares a neighbour"
         if paths[k1, k2] > screen_paths:
-            rows = _sample_rows(adj[k1], outdeg[k2], screen_paths, rng)
+            if row_paths_of != k1:  # per start entity, its paths through k1 then each relation: one product per k1
+                row_paths, row_paths_of = adj[k1] @ outdeg.T, k1
+            rows = _sample_rows(row_paths[:, k2], screen_paths, rng)
             sample = _keys(_body_pairs(adj[k1][rows], adj[k2]), rows, n)
             if not len(sample) or stated.support(sample, num_relations).max() < (min_confidence - SCREEN_SLACK) * len(sample):
                 screened += 1
