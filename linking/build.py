@@ -23,6 +23,21 @@ def _entity_label(types: list[str] | None) -> str:
     return (plain[0] if plain else "ENTITY").upper()
 
 
+def hierarchy_edges(layout: ArtifactLayout, relations: list[str]) -> np.ndarray:
+    """(child, parent) KG-index pairs of the triples whose relation is one of ``relations`` (the
+    ones the KG has): what ``allowed_roots`` walks down from."""
+    from kg.ids import mapped_triples
+
+    rels = pq.read_table(layout.relations, columns=["relation_id", "index"])
+    chosen = [i for r, i in zip(rels.column("relation_id").to_pylist(), rels.column("index").to_pylist())
+              if r in set(relations)]
+    triples = mapped_triples(layout)
+    edges = triples[np.isin(triples[:, 1], chosen)][:, [0, 2]]
+    log.info("hierarchy for allowed_roots: %d edges of %s", len(edges),
+             [r for r in rels.column("relation_id").to_pylist() if r in set(relations)] or "no relation")
+    return np.ascontiguousarray(edges, dtype=np.int32)
+
+
 def build_linker(layout: ArtifactLayout, model: str | None = "transe", config: LinkerConfig | None = None) -> dict[str, Any]:
     """spacy.blank("en") + a sentencizer + ``kg_linker`` over the KG's aliases (and KG vectors for coherence); the
     component gets ``config``'s component settings, :func:`linking.train.train_models` its training
@@ -44,10 +59,11 @@ def build_linker(layout: ArtifactLayout, model: str | None = "transe", config: L
         nlp = spacy.blank("en")
         nlp.add_pipe("sentencizer")  # sentence bounds for negation scopes and abbreviation definitions
         linker = nlp.add_pipe("kg_linker", config=config.component_config())
-        linker.set_kb(KnowledgeBase.create(table, ents.column("entity_id").to_pylist(),
-                                           [_entity_label(t) for t in ents.column("types").to_pylist()],
-                                           ents.column("prior").to_numpy(), vectors,
-                                           ents.column("description").to_pylist()))
+        kb = KnowledgeBase.create(table, ents.column("entity_id").to_pylist(),
+                                  [_entity_label(t) for t in ents.column("types").to_pylist()],
+                                  ents.column("prior").to_numpy(), vectors, ents.column("description").to_pylist())
+        kb.hierarchy = hierarchy_edges(layout, config.hierarchy_relations)
+        linker.set_kb(kb)
         models = train_models(table, linker.prior, config,
                               linker.retrieval.name_vectors_fn())
         linker.set_models(models.encoder, models.reranker)

@@ -51,12 +51,13 @@ def make_kg_linker(nlp: Language, name: str, top_k: int, min_score: float, use_n
                    dense_model: str | None, fuzzy_weights: dict[str, float], weights: dict[str, float],
                    rerank: bool, name_encoder: bool, candidate_pool: dict[str, int],
                    context_window: int, abbreviations: bool, coordination: bool, negation: bool, negation_scope: int,
-                   negation_triggers: dict[str, list[str]]) -> "KGLinker":
+                   negation_triggers: dict[str, list[str]], allowed_roots: list[str]) -> "KGLinker":
     config = LinkerConfig.from_dict(
         {"top_k": top_k, "min_score": min_score, "use_ner_spans": use_ner_spans, "dense_model": dense_model,
          "fuzzy_weights": fuzzy_weights, "weights": weights, "rerank": rerank, "name_encoder": name_encoder,
          "candidate_pool": candidate_pool, "context_window": context_window, "abbreviations": abbreviations,
-         "coordination": coordination, "negation": negation, "negation_scope": negation_scope, "negation_triggers": negation_triggers},
+         "coordination": coordination, "negation": negation, "negation_scope": negation_scope, "negation_triggers": negation_triggers,
+         "allowed_roots": list(allowed_roots)},
         where=f"components.{name}")
     return KGLinker(nlp, name, config=replace(config, dense_model=resolve_dense_model(dense_model)))
 
@@ -85,6 +86,7 @@ class KGLinker:
         self.kb: KnowledgeBase | None = None
         self.retrieval: Retrieval | None = None
         self._matcher: AliasMatcher | None = None
+        self._allowed: np.ndarray | None = None  # by KG index: inside allowed_roots (None: no restriction)
         self._scopes = ScopeFinder(NegationRules(config.negation_scope, {k: tuple(v) for k, v in
                                                                          config.negation_triggers.items()}))
 
@@ -107,6 +109,7 @@ class KGLinker:
         """Use ``kb`` (no reranker or encoder yet: :meth:`set_models`)."""
         self.kb = kb
         self._matcher = AliasMatcher(kb.table)
+        self._allowed = kb.branch_mask(self.config.allowed_roots)
         self.retrieval = Retrieval(kb, dense_model=self.config.dense_model, fuzzy_weights=self.config.fuzzy_weights,
                                    candidate_pool=self.config.candidate_pool, name=self.name)
 
@@ -151,7 +154,8 @@ class KGLinker:
         kb, config = self._require(), self.config
         if config.use_ner_spans and doc.ents:
             spans = list(doc.ents)
-            return spans, self._hybrid(kb.table)([s.text for s in spans], config.top_k), [None] * len(spans)
+            return (spans, self._restrict(self._hybrid(kb.table)([s.text for s in spans], config.top_k)),
+                    [None] * len(spans))
         tokens = [(t.text, t.idx, t.idx + len(t.text)) for t in doc]
         found = self._matcher.find(doc.text, tokens)
         readings: list[str | None] = [None] * len(found)
@@ -159,8 +163,15 @@ class KGLinker:
             extra = expansions(doc, found, self._matcher)
             found += [(s, e, rows) for s, e, rows, _ in extra]
             readings += [text for *_, text in extra]
-        cands = [candidates_from_rows(kb.table, rows, config.top_k) for _, _, rows in found]
+        cands = self._restrict([candidates_from_rows(kb.table, rows, config.top_k) for _, _, rows in found])
         return [doc[s:e] for s, e, _ in found], cands, readings
+
+    def _restrict(self, cands: list[list]) -> list[list]:
+        """Candidates inside ``allowed_roots`` only (a mention left with none is not linked)."""
+        if self._allowed is None:
+            return cands
+        allowed = self._allowed
+        return [[c for c in cs if allowed[c.entity_index]] for cs in cands]
 
     def __call__(self, doc: Doc) -> Doc:
         kb, config = self._require(), self.config
@@ -193,9 +204,16 @@ class KGLinker:
 
     def candidates(self, mentions: list[str], k: int) -> list[list[Ranked]]:
         """Rank candidates for bare mentions (no context): the reranked pool when the linker has a
-        reranker, else exact alias hits, then TF-IDF neighbours."""
+        reranker, else exact alias hits, then TF-IDF neighbours. With ``allowed_roots`` only
+        entities of those branches, from a list drawn 4 × ``k`` deep (so possibly fewer than ``k``)."""
         kb = self._require()
         generator = self._hybrid(kb.table)
+        if self._allowed is not None:  # draw a deeper list, keep the allowed ones, trim to k
+            return [ranked[:k] for ranked in self._restrict(self._candidates(generator, mentions, 4 * k))]
+        return self._candidates(generator, mentions, k)
+
+    def _candidates(self, generator, mentions: list[str], k: int) -> list[list[Ranked]]:
+        kb = self._require()
         if not isinstance(generator, RerankedGenerator):
             # bare mentions share no document: no coherence (vectors=None), no context
             return rank(generator(mentions, k), kb.prior, None, self.weights)
@@ -234,6 +252,7 @@ class KGLinker:
         verify_checksums(path)
         self.kb = KnowledgeBase.from_disk(path)
         self._matcher = AliasMatcher(self.kb.table)
+        self._allowed = self.kb.branch_mask(self.config.allowed_roots)
         self.retrieval = Retrieval.load(path, self.kb, dense_model=self.config.dense_model,
                                         fuzzy_weights=self.config.fuzzy_weights,
                                         candidate_pool=self.config.candidate_pool, name=self.name)

@@ -21,7 +21,7 @@ FUZZY_GENERATORS = ("tfidf", "dense")
 # fields of LinkerConfig that are the spaCy component's config (the rest configure training)
 COMPONENT_FIELDS = ("top_k", "min_score", "use_ner_spans", "dense_model", "fuzzy_weights", "weights", "rerank",
                     "name_encoder", "candidate_pool", "context_window", "abbreviations", "coordination", "negation",
-                    "negation_scope", "negation_triggers")
+                    "negation_scope", "negation_triggers", "allowed_roots")
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,9 @@ class LinkerConfig:
     negation: bool = True            # set span._.negated / ._.uncertain (NegEx/ConText-style scopes)
     negation_scope: int = 8          # tokens a negation or uncertainty trigger reaches
     negation_triggers: dict[str, list[str]] = field(default_factory=dict)  # more phrases per trigger kind
+    allowed_roots: list[str] = field(default_factory=list)  # link only to these entities and their descendants
+    # build: the relations whose (child, parent) edges are saved with the linker for allowed_roots
+    hierarchy_relations: list[str] = field(default_factory=lambda: ["is_a", "isa", "P279", "P31"])
     encoder: EncoderConfig = EncoderConfig()
     reranker: RerankerConfig = RerankerConfig()
     where: InitVar[str] = "linker"   # the location errors name (not a setting)
@@ -61,6 +64,10 @@ class LinkerConfig:
                       for v in self.negation_triggers.values()):
             raise ConfigError(f"[{where} -> negation_triggers] expected lists of phrases under some of "
                               f"{sorted(TRIGGERS)}, got {self.negation_triggers!r}")
+        for name in ("allowed_roots", "hierarchy_relations"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or not all(isinstance(x, str) and x for x in value):
+                raise ConfigError(f"[{where} -> {name}] expected a list of entity or relation ids, got {value!r}")
         unknown = set(self.fuzzy_weights) - set(FUZZY_GENERATORS)
         if unknown:
             raise ConfigError(f"[{where} -> fuzzy_weights] unknown key(s) {sorted(unknown)}: expected tfidf, dense")
@@ -89,6 +96,9 @@ class LinkerConfig:
         for key in ("fuzzy_weights", "candidate_pool", "negation_triggers"):
             if key in data:
                 data[key] = dict(_mapping(data[key], f"{where} -> {key}"))
+        for key in ("allowed_roots", "hierarchy_relations"):
+            if isinstance(data.get(key), tuple):
+                data[key] = list(data[key])
         return cls(**data, where=where)
 
     def to_dict(self) -> dict[str, Any]:

@@ -4,7 +4,8 @@
 type (the span label), popularity prior (log-scaled to [0, 1]), KG embedding (for coherence) and
 description (for context similarity). Entity ``i`` of the lists is KG index ``i + 1`` (row 0 of
 ``prior``/``vectors`` is padding). On disk: ``aliases.parquet`` (with each alias's variant key),
-``entities.parquet`` and ``vectors.npy``.
+``entities.parquet``, ``vectors.npy`` and ``hierarchy.npy`` (the (child, parent) KG-index edges of
+the hierarchy relations, for ``allowed_roots``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pyarrow.parquet as pq
 
 from linking.aliases import AliasTable
 from linking.disambiguation import prior_scores
-from pipelines.errors import ArtifactError, InputError
+from pipelines.errors import ArtifactError, ConfigError, InputError
 
 
 @dataclass
@@ -29,6 +30,28 @@ class KnowledgeBase:
     prior: np.ndarray                # float32, by KG index (row 0 = padding)
     vectors: np.ndarray | None       # KG embeddings by KG index, or None
     descriptions: list[str]
+    hierarchy: np.ndarray | None = None  # (edges × 2) int32 (child, parent) KG indexes, or None
+
+    def branch_mask(self, roots: list[str], where: str = "linker -> allowed_roots") -> np.ndarray | None:
+        """By KG index: True for ``roots`` and every entity below one of them through the hierarchy
+        edges (row 0, padding, False); None when ``roots`` is empty (everything allowed)."""
+        if not roots:
+            return None
+        from scipy.sparse import csr_matrix
+        from scipy.sparse.csgraph import breadth_first_order
+
+        position = {e: i + 1 for i, e in enumerate(self.entity_ids)}
+        unknown = [r for r in roots if r not in position]
+        if unknown:
+            raise ConfigError(f"[{where}] unknown entity id(s) {unknown}: not in the linker's knowledge base "
+                              f"({len(self.entity_ids):,} entities, e.g. {self.entity_ids[0]!r})")
+        n = len(self.entity_ids) + 1
+        mask = np.zeros(n, dtype=bool)
+        edges = self.hierarchy if self.hierarchy is not None else np.empty((0, 2), np.int32)
+        children = csr_matrix((np.ones(len(edges), np.int8), (edges[:, 1], edges[:, 0])), shape=(n, n))
+        for root in roots:
+            mask[breadth_first_order(children, position[root], directed=True, return_predecessors=False)] = True
+        return mask
 
     @classmethod
     def create(cls, table: AliasTable, entity_ids: list[str], entity_types: list[str], priors: np.ndarray,
@@ -61,6 +84,9 @@ class KnowledgeBase:
                                  "prior": pa.array(self.prior[1:], pa.float32()),
                                  "description": pa.array(self.descriptions, pa.string())}), path / "entities.parquet")
         written = ["aliases.parquet", "entities.parquet"]
+        if self.hierarchy is not None:
+            np.save(path / "hierarchy.npy", self.hierarchy.astype(np.int32), allow_pickle=False)
+            written.append("hierarchy.npy")
         if self.vectors is not None:
             np.save(path / "vectors.npy", self.vectors.astype(np.float32), allow_pickle=False)
             written.append("vectors.npy")
@@ -80,4 +106,6 @@ class KnowledgeBase:
         kb = cls.create(table, e.column("entity_id").to_pylist(), e.column("type").to_pylist(), np.zeros(e.num_rows),
                         vectors, descriptions)
         kb.prior = np.concatenate([[0.0], e.column("prior").to_numpy()]).astype(np.float32)
+        if (path / "hierarchy.npy").exists():
+            kb.hierarchy = np.load(path / "hierarchy.npy", allow_pickle=False)
         return kb
