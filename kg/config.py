@@ -48,7 +48,7 @@ class EmbeddingConfig:
     init_scale: float = 0.01           # shared: std of the normal initialisation
     slot_bias: bool = True             # shared: learned (relation, tail) bias started at log(1 + slot count)
     type_constraints: bool = True      # shared: candidates and scores limited to entity types seen in the slot
-    popularity_power: float = 0.0      # shared: range candidates drawn ∝ (1 + slot fills)^power (0: uniform)
+    popularity_power: float = 1.0      # shared: range candidates drawn ∝ (1 + slot fills)^power (0: uniform)
     rule_confidence: float = 0.8       # shared: > 0 adds triples implied by 2-hop rules this confident (kg.rules)
     sparse_updates: bool | None = None  # shared: update only the entity rows a batch touches (None: by graph size)
     regularizer_weight: float = 0.0    # Lp regulariser on entity and relation vectors (0 disables)

@@ -176,7 +176,7 @@ def test_type_constraints_rank_out_of_range_entities_last_and_sample_inside_the_
 
     train, types = _typed_graph()
     cfg = EmbeddingConfig(embedding_dim=4, batch_size=4, num_negatives=4, type_constraints=True,
-                          type_negative_fraction=1.0, init_scale=1.0)
+                          type_negative_fraction=1.0, init_scale=1.0, popularity_power=0.0)
     index, model, _ = build(cfg, train, 13, 2, types)
     scores = model.predict_t(torch.tensor([[3, 0]]))[0]  # an unseen gene: its tails must be diseases
     assert scores[6:12].min() > scores[list(range(6)) + [12]].max()
@@ -223,7 +223,7 @@ def test_popularity_power_draws_hubs_more_often_with_a_matching_correction():
     hub = 1 - (1 - 21 / 39) ** 3  # P(drawn at least once in 3 draws), weight (1 + 20) of 21 + 9 * 2
     assert predicted[10] == pytest.approx(hub) and predicted[11] == pytest.approx(1 - (1 - 2 / 39) ** 3)
     assert drawn[10] / 400 == pytest.approx(hub, abs=0.06) and drawn[11] / 400 == pytest.approx(predicted[11], abs=0.06)
-    uniform = EmbeddingConfig(num_negatives=3, type_negative_fraction=1.0)
+    uniform = EmbeddingConfig(num_negatives=3, type_negative_fraction=1.0, popularity_power=0.0)
     assert np.exp(sample_candidates(index, np.array([0]), uniform, np.random.default_rng(0))[1]) == pytest.approx(0.3)
 
 
