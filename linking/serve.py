@@ -96,7 +96,7 @@ class LinkWorker:
 
     def __init__(self, nlp, max_docs: int, pipe_batch: int) -> None:
         self.nlp = nlp
-        self.linker = nlp.get_pipe("kg_linker")
+        self.linker = nlp.get_pipe("kg_linker") if "kg_linker" in nlp.pipe_names else None  # for /candidates
         self.max_docs, self.pipe_batch = max_docs, pipe_batch
         self.jobs: queue.Queue[_Job | None] = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="kalora-link-worker", daemon=True)
@@ -148,10 +148,13 @@ class LinkWorker:
         texts = [text for job in batch for text in job.payload[0]]
         try:
             docs = list(self.nlp.pipe(texts, batch_size=self.pipe_batch))
-        except Exception as exc:  # noqa: BLE001 - every waiting request gets the failure, the worker lives on
+        except Exception as exc:  # noqa: BLE001 - the worker lives on
+            if len(batch) > 1:  # one request's document must not fail the others merged with it
+                for job in batch:
+                    self._link([job])
+                return
             log.exception("linking %d documents failed", len(texts))
-            for job in batch:
-                job.resolve(error=exc)
+            batch[0].resolve(error=exc)
             return
         self.batches += 1
         self.documents += len(texts)

@@ -148,3 +148,41 @@ def test_serve_refuses_an_oversized_chunked_body_without_reading_it_whole(server
     r = client.post("/link", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413 and "exceeds the limit of 20,000 bytes" in r.json()["error"]
     assert client.get("/health").status_code == 200, "the server keeps serving"
+
+
+def test_worker_isolates_a_failing_request_from_the_ones_batched_with_it():
+    """A document that makes the pipeline raise fails its own request only (the batch is retried
+    request by request)."""
+    import asyncio
+
+    import spacy
+
+    from linking.serve import LinkWorker
+
+    class Boom(Exception):
+        pass
+
+    nlp = spacy.blank("en")
+
+    @spacy.Language.component("kalora_test_boom")
+    def fake_linker(doc):
+        if "boom" in doc.text:
+            raise Boom(doc.text)
+        return doc
+
+    nlp.add_pipe("kalora_test_boom")
+    worker = LinkWorker(nlp, max_docs=16, pipe_batch=8)
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        jobs = [worker.submit("link", (["fine one"], [0], False)), worker.submit("link", (["boom"], [1], False)),
+                worker.submit("link", (["fine two"], [2], False))]
+        tasks = [loop.create_task(j) for j in jobs]
+        await asyncio.sleep(0.05)  # all three queued before the worker starts: one merged batch
+        worker.start()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    ok1, failed, ok2 = asyncio.run(go())
+    worker.stop()
+    assert isinstance(failed, Boom)
+    assert ok1[0]["id"] == 0 and ok2[0]["id"] == 2 and ok1[0]["spans"] == []
