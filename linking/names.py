@@ -160,8 +160,7 @@ class NameIndex:
         self.table, self.name_vectors, self.encoder = table, name_vectors, encoder
         self.norms, self.rows_sorted, self.starts, self.ends = unique_norms(table)
         names = self.norms.tolist()
-        row_variants = table.variants()
-        self.parsed = ParsedNames(names, [row_variants[r] for r in self.rows_sorted[self.starts].tolist()])
+        self._keys = (fitted or {}).get("keys")  # per-name keys saved with the linker (names_keys.parquet)
         if name_vectors is not None and len(name_vectors) != len(names):
             raise ArtifactError(f"{len(name_vectors)} name vectors for {len(names)} unique aliases: rebuild the linker")
         self._faiss = name_faiss
@@ -173,6 +172,22 @@ class NameIndex:
         self.enc_vectors, self.enc_faiss = fitted.get("enc_vectors"), fitted.get("enc_faiss")
         self.__dict__.update(fitted.get("search", {}))  # saved char_t / stem_t (cached properties)
         self._derive(names)
+
+    @cached_property
+    def parsed(self) -> ParsedNames:
+        """Every name's variant key, content words and stems (parsed in Python: at build time, or
+        at load for a linker saved without ``names_keys.parquet``)."""
+        row_variants = self.table.variants()
+        return ParsedNames(self.norms.tolist(), [row_variants[r] for r in self.rows_sorted[self.starts].tolist()])
+
+    def _name_keys(self, names: list[str]) -> dict[str, list]:
+        """Per name: variant key, initials, first and last stem, number of content words."""
+        if self._keys is not None:
+            return self._keys
+        stems = self.parsed.stems
+        return {"variant": self.parsed.variants, "initials": [initials(n) for n in names],
+                "first_stem": [s[0] if s else "" for s in stems], "last_stem": [s[-1] if s else "" for s in stems],
+                "n_words": [len(s) for s in stems]}
 
     def _fit(self, names: list[str]) -> dict:
         from linking.index import build_faiss
@@ -200,18 +215,19 @@ class NameIndex:
         self.by_norm = {n: u for u, n in enumerate(names)}
         self.by_variant: dict[str, list[int]] = {}
         self.by_initials: dict[str, list[int]] = {}
-        self.norm_initials = np.array([initials(n) for n in names], dtype=object)
-        for u, (variant, ini) in enumerate(zip(parsed.variants, self.norm_initials.tolist())):
+        keys = self._name_keys(names)
+        self.norm_initials = np.array(keys["initials"], dtype=object)
+        for u, (variant, ini) in enumerate(zip(keys["variant"], keys["initials"])):
             self.by_variant.setdefault(variant, []).append(u)
             if ini:
                 self.by_initials.setdefault(ini, []).append(u)
-        stems = parsed.stems
-        self.first_stem = np.array([s[0] if s else "" for s in stems], dtype=object)
-        self.last_stem = np.array([s[-1] if s else "" for s in stems], dtype=object)
-        self.n_words = np.array([len(s) for s in stems], dtype=np.float32)
+        self.first_stem = np.array(keys["first_stem"], dtype=object)
+        self.last_stem = np.array(keys["last_stem"], dtype=object)
+        self.n_words = np.asarray(keys["n_words"], dtype=np.float32)
         self.n_chars = np.array([len(n) for n in names], dtype=np.float32)
         self.n_distinct_words = np.asarray(self.word_binary.sum(1), np.float32).ravel()
-        self.norm_variant = np.array(parsed.variants, dtype=object)
+        self.norm_variant = np.array(keys["variant"], dtype=object)
+        self._keys = keys
         n_aliases = np.bincount(t.entity_index, minlength=int(t.entity_index.max()) + 1)
         self.row_log_aliases = np.log1p(n_aliases[t.entity_index]).astype(np.float32)
         self.row_kind_weight = np.array([KIND_WEIGHTS.get(k, DEFAULT_KIND_WEIGHT) for k in t.kind], np.float32)
@@ -282,7 +298,16 @@ class NameIndex:
         """Write the fitted parts into ``path``; returns the file names written."""
         import faiss
 
-        written = {"names_vocab.json", "names_translation.npz"}
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        written = {"names_vocab.json", "names_translation.npz", "names_keys.parquet"}
+        keys = self._name_keys(self.norms.tolist())
+        pq.write_table(pa.table({"variant": pa.array(keys["variant"], pa.string()),
+                                 "initials": pa.array(keys["initials"], pa.string()),
+                                 "first_stem": pa.array(keys["first_stem"], pa.string()),
+                                 "last_stem": pa.array(keys["last_stem"], pa.string()),
+                                 "n_words": pa.array(keys["n_words"], pa.int32())}), path / "names_keys.parquet")
         (path / "names_vocab.json").write_text(json.dumps(
             {key: {k: int(v) for k, v in vec.vocabulary_.items()} for key, vec in self.vectorizers.items()}))
         sp.save_npz(path / "names_translation.npz", self.translation)
@@ -316,13 +341,18 @@ class NameIndex:
             for key in ("char_t", "stem_t"):
                 if (path / f"names_{key}.npz").exists():
                     fitted["search"][key] = sp.load_npz(path / f"names_{key}.npz").tocsr()
+            if (path / "names_keys.parquet").exists():  # linkers saved before it re-parse the names
+                import pyarrow.parquet as pq
+
+                table_keys = pq.read_table(path / "names_keys.parquet")
+                fitted["keys"] = {c: table_keys.column(c).to_pylist() for c in table_keys.column_names}
             if encoder is not None:
                 fitted["enc_vectors"] = np.load(path / "names_enc.npy", allow_pickle=False)
                 fitted["enc_faiss"] = faiss.read_index(str(path / "names_enc.faiss"))
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ArtifactError(f"{path}: unreadable name index ({exc}): rebuild the linker") from None
         index = cls(table, name_vectors, encoder, name_faiss=name_faiss, fitted=fitted)
-        if index.matrices["char"].shape[0] != len(index.norms):
+        if index.matrices["char"].shape[0] != len(index.norms) or len(index.norm_variant) != len(index.norms):
             raise ArtifactError(f"{path}: the saved name index has {index.matrices['char'].shape[0]} names, the alias "
                                 f"table {len(index.norms)}: rebuild the linker")
         return index
