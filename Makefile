@@ -28,11 +28,16 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(BIN)/kalora run hpo
 
+# Two pytest workers (pytest-xdist), whole files per worker so module fixtures are built once:
+# much of the suite waits on subprocesses (Prefect servers, workers, PostgreSQL, Dask), which the
+# second worker overlaps. `make test PYTEST_WORKERS=0` runs in one process.
+PYTEST_WORKERS ?= 2
+
 test: install
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .prefect .pykeen artifacts .pytest_cache
