@@ -62,8 +62,8 @@ class BilinearModel(torch.nn.Module):
         self.entity = torch.nn.Parameter(torch.randn(num_entities, width, generator=gen) * init_scale)
         self.relation = torch.nn.Parameter(torch.randn(2 * num_relations, width, generator=gen) * init_scale)
         self.bias: torch.nn.Parameter | None = None  # (N, 2R) slot bias, see use_slot_bias
-        self.register_buffer("outside", None, persistent=False)
-        self.sparse_updates = False  # gradients of the entity rows and slot bias a batch touches only  # (2R, N) 0 / -OUT_OF_RANGE: restrict_to_ranges
+        self.register_buffer("outside", None, persistent=False)  # (2R, N) 0 / -OUT_OF_RANGE: restrict_to_ranges
+        self.sparse_updates = False  # gradients of the entity rows and slot bias a batch touches only
 
     def use_slot_bias(self, index: "QueryIndex") -> None:
         """Add a learned bias per (relation, tail entity), started at log(1 + how often the entity

@@ -205,7 +205,7 @@ class NameIndex:
 
     def _derive(self, names: list[str]) -> None:
         """Lookups and per-name arrays computed from the names and the fitted matrices (cheap)."""
-        t, parsed = self.table, self.parsed
+        t = self.table
         binary = self.matrices["word"].copy()
         binary.data[:] = 1.0
         self.word_binary = binary

@@ -13,8 +13,10 @@ os.environ.setdefault("PYKEEN_HOME", str(_STATE / "pykeen"))
 # Under pytest-xdist each worker gets its own Prefect home (its own SQLite database: two ephemeral
 # servers writing one file lock each other out) and its own PyKEEN home (dataset extraction).
 if os.environ.get("PYTEST_XDIST_WORKER"):
+    _suffix = f"-{os.environ['PYTEST_XDIST_WORKER']}"
     for _var in ("PREFECT_HOME", "PYKEEN_HOME"):
-        os.environ[_var] = f"{os.environ[_var]}-{os.environ['PYTEST_XDIST_WORKER']}"
+        if not os.environ[_var].endswith(_suffix):  # this module may be imported twice (as tests.conftest)
+            os.environ[_var] += _suffix
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 # Prefect's ephemeral API gives up after 20 s by default; a busy 2-core CI machine can take longer.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")

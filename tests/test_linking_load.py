@@ -63,6 +63,7 @@ def _forbid_building(monkeypatch):
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     import linking.index
+    import linking.keys
     import linking.names
     import linking.train
 
@@ -83,6 +84,14 @@ def _forbid_building(monkeypatch):
                         (faiss.IndexFlatIP, "add"), (faiss.IndexHNSWFlat, "add")):
         monkeypatch.setattr(owner, name, refuse)
     monkeypatch.setattr(TfidfVectorizer, "transform", queries_only)
+    parse = linking.keys.ParsedNames.__init__
+
+    def parse_queries_only(self, norms, variants=None):  # the saved names' keys are read, not re-parsed
+        if len(norms) > len(MENTIONS):
+            refuse()
+        parse(self, norms, variants)
+
+    monkeypatch.setattr(linking.keys.ParsedNames, "__init__", parse_queries_only)
 
 
 @pytest.mark.parametrize("config", [{}, {"rerank": False}, {"name_encoder": False, "candidate_pool": {"char": 20}}],
