@@ -24,6 +24,7 @@ The server binds to 127.0.0.1 unless ``--host`` says otherwise.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import queue
 import threading
@@ -192,12 +193,10 @@ class BodyGuard:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        import json
-
         limit = self.limits.max_body_bytes
         declared = dict(scope.get("headers") or []).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
-            await _send_problem(send, 413, f"request body of {int(declared):,} bytes exceeds the limit of {limit:,} bytes")
+            await problem(413, f"request body of {int(declared):,} bytes exceeds the limit of {limit:,} bytes")(scope, receive, send)
             return
         body, more = bytearray(), True
         while more:
@@ -207,15 +206,15 @@ class BodyGuard:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > limit:
-                await _send_problem(send, 413, f"request body exceeds the limit of {limit:,} bytes")
+                await problem(413, f"request body exceeds the limit of {limit:,} bytes")(scope, receive, send)
                 return
         try:
             json.loads(bytes(body).decode("utf-8"))
         except UnicodeDecodeError as exc:
-            await _send_problem(send, 400, f"request body is not UTF-8 (byte {exc.start})")
+            await problem(400, f"request body is not UTF-8 (byte {exc.start})")(scope, receive, send)
             return
         except json.JSONDecodeError as exc:
-            await _send_problem(send, 400, f"request body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+            await problem(400, f"request body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")(scope, receive, send)
             return
         replayed = False
 
@@ -229,14 +228,9 @@ class BodyGuard:
         await self.app(scope, replay, send)
 
 
-async def _send_problem(send, status: int, error: str) -> None:
-    import json
-
-    payload = json.dumps({"error": error, "detail": None}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": payload})
+def problem(status: int, error: str, detail: Any = None) -> JSONResponse:
+    """Every error answer: ``{"error": ..., "detail": ...}`` with ``status``."""
+    return JSONResponse({"error": error, "detail": detail}, status_code=status)
 
 
 def create_app(nlp, limits: ServeLimits = ServeLimits(), *, name: str = "", source: str = ""):
@@ -252,9 +246,6 @@ def create_app(nlp, limits: ServeLimits = ServeLimits(), *, name: str = "", sour
         worker.stop()
 
     app = FastAPI(title="kalora-kg linker", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-
-    def problem(status: int, error: str, detail: Any = None) -> JSONResponse:
-        return JSONResponse({"error": error, "detail": detail}, status_code=status)
 
     @app.exception_handler(HTTPProblem)
     async def _problem(request: Request, exc: HTTPProblem):
