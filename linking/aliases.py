@@ -38,6 +38,7 @@ class AliasTable:
     entity_index: np.ndarray  # int32, index into the entity table (1-based, 0 = padding)
     kind: list[str]
     alias_variant: list[str] | None = None  # variant_key of each alias_norm, computed on first use
+    alias_bag: list[str] | None = None  # linking.phrases bag key of each row, computed on first use
 
     def __len__(self) -> int:
         return len(self.alias)
@@ -47,6 +48,14 @@ class AliasTable:
         if self.alias_variant is None:
             self.alias_variant = [variant_key(n) for n in self.alias_norm]
         return self.alias_variant
+
+    def bags(self) -> list[str]:
+        """The word-bag key of every row (:func:`linking.phrases.bag_keys`; computed once, saved with the linker)."""
+        if self.alias_bag is None:
+            from linking.phrases import bag_keys
+
+            self.alias_bag = bag_keys(self)
+        return self.alias_bag
 
     @classmethod
     def from_layout(cls, layout: ArtifactLayout, min_chars: int = 3) -> "AliasTable":
@@ -66,8 +75,9 @@ class AliasTable:
         keep = [i for i, (a, n, k) in enumerate(zip(self.alias, self.alias_norm, self.kind))
                 if n and (len(n.replace(" ", "")) >= min_chars or (is_case_sensitive(a, k) and len(n) >= 2))]
         variants = [self.alias_variant[i] for i in keep] if self.alias_variant is not None else None
+        bags = [self.alias_bag[i] for i in keep] if self.alias_bag is not None else None
         return AliasTable([self.alias[i] for i in keep], [self.alias_norm[i] for i in keep],
-                          self.entity_index[keep], [self.kind[i] for i in keep], variants)
+                          self.entity_index[keep], [self.kind[i] for i in keep], variants, bags)
 
 
 def unique_norms(table: AliasTable):

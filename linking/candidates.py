@@ -46,12 +46,14 @@ def check_mentions(mentions) -> list[str]:
     return list(mentions)
 
 
-def candidates_from_rows(table: AliasTable, rows: list[int], k: int) -> list[Candidate]:
-    """One candidate per entity among exact alias hits ``rows``, scored by the best alias kind."""
+def candidates_from_rows(table: AliasTable, rows: list[int], k: int, discount: float = 1.0) -> list[Candidate]:
+    """One candidate per entity among alias hits ``rows``, scored by the best alias kind (times
+    ``discount`` for a looser hit than an exact one)."""
     best: dict[int, Candidate] = {}
     for row in rows:
         kind = table.kind[row]
-        cand = Candidate(int(table.entity_index[row]), KIND_WEIGHTS.get(kind, DEFAULT_KIND_WEIGHT), table.alias[row], kind)
+        cand = Candidate(int(table.entity_index[row]), KIND_WEIGHTS.get(kind, DEFAULT_KIND_WEIGHT) * discount,
+                         table.alias[row], kind)
         if cand.entity_index not in best or cand.score > best[cand.entity_index].score:
             best[cand.entity_index] = cand
     return sorted(best.values(), key=lambda c: -c.score)[:k]

@@ -34,11 +34,13 @@ from linking.kb import KnowledgeBase
 from linking.concepts import CONCEPTS_KEY, abbreviation_uses
 from linking.matcher import AliasMatcher
 from linking.negation import NegationRules, ScopeFinder
+from linking.phrases import BagMatcher, scored_windows
 from linking.reranker import RerankedGenerator
 from linking.retrieval import Retrieval
 from pipelines.errors import ArtifactError, InputError
 
 log = logging.getLogger(__name__)
+BAG_DISCOUNT = 0.9  # a word-bag window's candidates score below an exact or variant hit on the same alias
 
 for _name, _default in (("kg_score", None), ("kg_candidates", None), ("negated", False), ("uncertain", False),
                         ("abbreviation_of", None), ("kg_text", None)):
@@ -51,13 +53,15 @@ def make_kg_linker(nlp: Language, name: str, top_k: int, min_score: float, use_n
                    dense_model: str | None, fuzzy_weights: dict[str, float], weights: dict[str, float],
                    rerank: bool, name_encoder: bool, candidate_pool: dict[str, int],
                    context_window: int, abbreviations: bool, coordination: bool, negation: bool, negation_scope: int,
-                   negation_triggers: dict[str, list[str]], allowed_roots: list[str]) -> "KGLinker":
+                   negation_triggers: dict[str, list[str]], allowed_roots: list[str], windows: bool,
+                   detection: str, window_min_score: float) -> "KGLinker":
     config = LinkerConfig.from_dict(
         {"top_k": top_k, "min_score": min_score, "use_ner_spans": use_ner_spans, "dense_model": dense_model,
          "fuzzy_weights": fuzzy_weights, "weights": weights, "rerank": rerank, "name_encoder": name_encoder,
          "candidate_pool": candidate_pool, "context_window": context_window, "abbreviations": abbreviations,
          "coordination": coordination, "negation": negation, "negation_scope": negation_scope, "negation_triggers": negation_triggers,
-         "allowed_roots": list(allowed_roots)},
+         "allowed_roots": list(allowed_roots), "windows": windows, "detection": detection,
+         "window_min_score": window_min_score},
         where=f"components.{name}")
     return KGLinker(nlp, name, config=replace(config, dense_model=resolve_dense_model(dense_model)))
 
@@ -86,6 +90,7 @@ class KGLinker:
         self.kb: KnowledgeBase | None = None
         self.retrieval: Retrieval | None = None
         self._matcher: AliasMatcher | None = None
+        self._bags: BagMatcher | None = None  # built on first use when windows are on
         self._allowed: np.ndarray | None = None  # by KG index: inside allowed_roots (None: no restriction)
         self._scopes = ScopeFinder(NegationRules(config.negation_scope, {k: tuple(v) for k, v in
                                                                          config.negation_triggers.items()}))
@@ -110,6 +115,7 @@ class KGLinker:
         self.kb = kb
         self._matcher = AliasMatcher(kb.table)
         self._allowed = kb.branch_mask(self.config.allowed_roots)
+        self._bags = None
         self.retrieval = Retrieval(kb, dense_model=self.config.dense_model, fuzzy_weights=self.config.fuzzy_weights,
                                    candidate_pool=self.config.candidate_pool, name=self.name)
 
@@ -163,8 +169,25 @@ class KGLinker:
             extra = expansions(doc, found, self._matcher)
             found += [(s, e, rows) for s, e, rows, _ in extra]
             readings += [text for *_, text in extra]
-        cands = self._restrict([candidates_from_rows(kb.table, rows, config.top_k) for _, _, rows in found])
-        return [doc[s:e] for s, e, _ in found], cands, readings
+        cands = [candidates_from_rows(kb.table, rows, config.top_k) for _, _, rows in found]
+        spans = [doc[s:e] for s, e, _ in found]
+        if config.windows or config.detection == "sensitive":
+            covered = {i for s, e, _ in found for i in range(s, e)}
+            if config.windows:  # word-bag windows: "the ears were low-set" -> Low-set ears
+                if self._bags is None:
+                    self._bags = BagMatcher(kb.table, kb.table.bags())
+                for s, e, rows in self._bags.find(doc, covered):
+                    spans.append(doc[s:e])
+                    cands.append(candidates_from_rows(kb.table, rows, config.top_k, discount=BAG_DISCOUNT))
+                    readings.append(None)
+                    covered.update(range(s, e))
+            if config.detection == "sensitive":  # other short windows the reranker vouches for
+                for s, e, options in scored_windows(doc, covered, self._hybrid(kb.table), config.top_k,
+                                                    config.window_min_score):
+                    spans.append(doc[s:e])
+                    cands.append(options)
+                    readings.append(None)
+        return spans, self._restrict(cands), readings
 
     def _restrict(self, cands: list[list]) -> list[list]:
         """Candidates inside ``allowed_roots`` only (a mention left with none is not linked)."""
@@ -253,6 +276,7 @@ class KGLinker:
         self.kb = KnowledgeBase.from_disk(path)
         self._matcher = AliasMatcher(self.kb.table)
         self._allowed = self.kb.branch_mask(self.config.allowed_roots)
+        self._bags = None
         self.retrieval = Retrieval.load(path, self.kb, dense_model=self.config.dense_model,
                                         fuzzy_weights=self.config.fuzzy_weights,
                                         candidate_pool=self.config.candidate_pool, name=self.name)

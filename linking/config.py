@@ -21,7 +21,9 @@ FUZZY_GENERATORS = ("tfidf", "dense")
 # fields of LinkerConfig that are the spaCy component's config (the rest configure training)
 COMPONENT_FIELDS = ("top_k", "min_score", "use_ner_spans", "dense_model", "fuzzy_weights", "weights", "rerank",
                     "name_encoder", "candidate_pool", "context_window", "abbreviations", "coordination", "negation",
-                    "negation_scope", "negation_triggers", "allowed_roots")
+                    "negation_scope", "negation_triggers", "allowed_roots", "windows", "detection",
+                    "window_min_score")
+DETECTION_MODES = ("precise", "sensitive")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,12 @@ class LinkerConfig:
     negation_scope: int = 8          # tokens a negation or uncertainty trigger reaches
     negation_triggers: dict[str, list[str]] = field(default_factory=dict)  # more phrases per trigger kind
     allowed_roots: list[str] = field(default_factory=list)  # link only to these entities and their descendants
+    # mention detection beyond exact aliases (linking.phrases): word-bag windows ("ears were low-set");
+    # "sensitive" also scores the other 2-3 word windows of each sentence with the name encoder and
+    # reranker and keeps those whose best candidate scores >= window_min_score
+    windows: bool = True
+    detection: str = "precise"
+    window_min_score: float = 0.7
     # build: the relations whose (child, parent) edges are saved with the linker for allowed_roots
     hierarchy_relations: list[str] = field(default_factory=lambda: ["is_a", "isa", "P279", "P31"])
     encoder: EncoderConfig = EncoderConfig()
@@ -56,7 +64,9 @@ class LinkerConfig:
     where: InitVar[str] = "linker"   # the location errors name (not a setting)
 
     def __post_init__(self, where: str) -> None:
-        _check(self, where, positive=("top_k", "negation_scope"), non_negative=("context_window",))
+        _check(self, where, positive=("top_k", "negation_scope", "window_min_score"), non_negative=("context_window",))
+        if self.detection not in DETECTION_MODES:
+            raise ConfigError(f"[{where} -> detection] expected one of {list(DETECTION_MODES)}, got {self.detection!r}")
         from linking.negation import TRIGGERS
 
         bad = sorted(set(self.negation_triggers) - set(TRIGGERS))

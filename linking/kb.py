@@ -79,7 +79,7 @@ class KnowledgeBase:
         t = self.table
         pq.write_table(pa.table({"alias": t.alias, "alias_norm": t.alias_norm,
                                  "entity_index": pa.array(t.entity_index, pa.int32()), "kind": t.kind,
-                                 "alias_variant": t.variants()}), path / "aliases.parquet")
+                                 "alias_variant": t.variants(), "alias_bag": t.bags()}), path / "aliases.parquet")
         pq.write_table(pa.table({"entity_id": self.entity_ids, "type": self.entity_types,
                                  "prior": pa.array(self.prior[1:], pa.float32()),
                                  "description": pa.array(self.descriptions, pa.string())}), path / "entities.parquet")
@@ -99,8 +99,9 @@ class KnowledgeBase:
         a = pq.read_table(path / "aliases.parquet")
         e = pq.read_table(path / "entities.parquet")
         variants = a.column("alias_variant").to_pylist() if "alias_variant" in a.column_names else None
+        bags = a.column("alias_bag").to_pylist() if "alias_bag" in a.column_names else None  # older linkers: computed
         table = AliasTable(a.column("alias").to_pylist(), a.column("alias_norm").to_pylist(),
-                           a.column("entity_index").to_numpy(), a.column("kind").to_pylist(), variants)
+                           a.column("entity_index").to_numpy(), a.column("kind").to_pylist(), variants, bags)
         vectors = np.load(path / "vectors.npy", allow_pickle=False) if (path / "vectors.npy").exists() else None
         descriptions = e.column("description").to_pylist() if "description" in e.column_names else None
         kb = cls.create(table, e.column("entity_id").to_pylist(), e.column("type").to_pylist(), np.zeros(e.num_rows),
