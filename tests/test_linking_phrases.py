@@ -136,3 +136,34 @@ def test_detection_config_errors():
     with pytest.raises(ConfigError, match=r"\[linker -> window_min_score\] must be > 0"):
         LinkerConfig.from_dict({"window_min_score": 0})
     assert LinkerConfig().component_config()["detection"] == "precise"
+
+
+def test_document_and_mention_scores_and_pubtator_reading(tmp_path):
+    from linking.scoring import document_scores, mention_scores, read_pubtator
+    from pipelines.errors import InputError
+
+    path = tmp_path / "gold.txt"
+    path.write_text("1|t|Short stature\n1|a|The ears were low-set.\n1\t0\t13\tShort stature\tPhenotype\tHP:5\n"
+                    "1\t18\t36\tears were low-set\tPhenotype\tHP:OLD\n\n"
+                    "2|t|\n2|a|No findings.\n", encoding="utf-8")
+    docs = read_pubtator(path)
+    assert [(d.doc_id, d.text, d.mentions) for d in docs] == [
+        ("1", "Short stature The ears were low-set.", [(0, 13, "HP:5"), (18, 36, "HP:OLD")]), ("2", "No findings.", [])]
+    alt = {"HP:OLD": "HP:1"}
+    # one right (overlapping, same id after alt_id), one wrong id, one outside the kept branch
+    pred = [[(6, 13, "HP:5"), (22, 36, "HP:2"), (0, 5, "HP:9")], []]
+    keep = {"HP:1", "HP:2", "HP:5"}
+    m = mention_scores(pred, [d.mentions for d in docs], alt, keep)
+    assert (m["precision"], m["recall"], m["predicted"], m["gold"]) == (0.5, 0.5, 2, 2)
+    d = document_scores([{i for *_, i in p} for p in pred], [{i for *_, i in d.mentions} for d in docs], alt, keep)
+    assert (d["precision"], d["recall"], d["f1"]) == (0.5, 0.5, 0.5)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1|a|text\n1\t0\tx\tt\tPhenotype\tHP:1\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"bad.txt:2: expected 'id<TAB>start"):
+        read_pubtator(bad)
+    bad.write_text("1|a|text\n1\t0\t99\tt\tPhenotype\tHP:1\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"bad.txt:2: offsets 0-99 outside document '1'"):
+        read_pubtator(bad)
+    bad.write_bytes(b"1|a|caf\xe9\n")
+    with pytest.raises(InputError, match="not UTF-8"):
+        read_pubtator(bad)
