@@ -41,8 +41,10 @@ MIN_SINGLE = 5         # a one-word window must have a stem this long ("obes" is
 _SUFFIXES = (("ically", ""), ("ical", ""), ("otic", "o"), ("osis", "o"), ("astic", "as"), ("asia", "as"),
              ("aly", "al"), ("alic", "al"), ("ophy", "oph"), ("ophic", "oph"), ("etry", "etr"), ("etric", "etr"),
              ("ia", ""), ("ic", ""))
-# kept whole: -itis, -ism and -ing name their own concepts ("Tendonitis", "Alcoholism", "Mouthing")
+# kept whole: -itis, -ism and -ing name their own concepts ("Tendonitis", "Alcoholism", "Mouthing"),
+# and the -ic words whose stem is another body part's word ("limbic" is not "limb")
 _WHOLE = ("itis", "ism", "ing")
+_WHOLE_WORDS = frozenset({"limbic"})
 
 
 @lru_cache(maxsize=None)
@@ -57,7 +59,7 @@ def word_stem(word: str) -> str:
     """The stem a word is compared by: paired medical suffixes first ("scoliosis"/"scoliotic" →
     "scolio", "hypoplasia"/"hypoplastic" → "hypoplas", "microcephalic" → "microcephal"), else the
     Porter2 stem; -itis, -ism and -ing words are kept whole."""
-    if word.endswith(_WHOLE):
+    if word.endswith(_WHOLE) or word in _WHOLE_WORDS:
         return word
     for suffix, repl in _SUFFIXES:
         if word.endswith(suffix) and len(word) - len(suffix) + len(repl) >= 4:
@@ -101,12 +103,15 @@ class BagMatcher:
                 self.rows.setdefault(bag, []).append(row)
         self.bags = bags
 
-    def _stem(self, token_text: str) -> str | None:
+    def _stem(self, token) -> str | None:
         """A token's stem, "" for a skipped word, None for a token that closes a window."""
+        token_text = token.text
         norm = norm_token(token_text)
         if not norm:
             return "" if token_text in {"-", "'", "’"} else None
-        if " " in norm:  # "low-set" tokenised whole: its parts
+        if " " in norm:  # "low-set" tokenised whole: its parts (a URL, an e-mail or a long compound closes)
+            if token.like_url or token.like_email or norm.count(" ") > 2:
+                return None
             stems = content_stems(norm)
             return " ".join(stems) if stems else ""
         if norm in CLOSING:
@@ -124,7 +129,7 @@ class BagMatcher:
             words: list[tuple[int, str]] = []  # (token index, stem) of the current clause
             skipped = 0
             for token in sent:
-                stem = None if token.i in exclude else self._stem(token.text)
+                stem = None if token.i in exclude else self._stem(token)
                 if stem is None or skipped > MAX_SKIPPED:
                     self._windows(words, found)
                     words, skipped = [], 0

@@ -38,7 +38,7 @@ def test_word_stems_pair_medical_suffixes_and_keep_distinct_concepts_apart():
                  ("hypoplasia", "hypoplastic"), ("dysplasia", "dysplastic"), ("weakness", "weak"),
                  ("asymmetry", "asymmetric"), ("atrophy", "atrophic"), ("delayed", "delay")]:
         assert word_stem(a) == word_stem(b), (a, b)
-    for a, b in [("tendonitis", "tendon"), ("collecting", "collected"), ("alcoholism", "alcohol")]:
+    for a, b in [("tendonitis", "tendon"), ("collecting", "collected"), ("alcoholism", "alcohol"), ("limbic", "limb")]:
         assert word_stem(a) != word_stem(b), (a, b)
     # order-free, function words out, singular/American forms
     assert bag_key("ears low set") == bag_key("low set ears") == bag_key("the ear is low set")
@@ -67,6 +67,7 @@ def test_bag_windows_stop_at_clauses_sentences_and_case_sensitive_aliases(nlp_se
     assert _found(nlp_sents, m, "ears, set low") == []                   # so does a comma
     assert _found(nlp_sents, m, "stature was not short") == []           # and a negation word
     assert _found(nlp_sents, m, "the set was collected from a tendon") == []  # symbols, -ing and -itis kept apart
+    assert _found(nlp_sents, m, "see http://example.org/low-set-ears now") == []  # a URL is no phrase
     # longest window first; excluded tokens are not tried
     doc = nlp_sents("muscles were weak")
     assert m.find(doc, exclude={0}) == []
@@ -100,6 +101,9 @@ def test_bag_keys_are_saved_with_the_linker_and_recomputed_for_older_ones(tmp_pa
     aliases = tmp_path / "linker" / "kg_linker" / "aliases.parquet"
     assert "alias_bag" in pq.read_table(aliases).column_names
     assert doc_concepts(spacy.load(tmp_path / "linker")(TEXT)) == ["HP:1", "HP:2", "HP:5"]
+    # the running-text settings are component settings: a load-time override, no rebuild
+    off = spacy.load(tmp_path / "linker", config={"components": {"kg_linker": {"windows": False}}})
+    assert doc_concepts(off(TEXT)) == ["HP:5"]
     # a linker saved before the column existed: the keys are computed at first use, same result
     from linking.kb import KnowledgeBase
 
