@@ -26,6 +26,7 @@ of predictions (the linker's default concept list) except in the "negation off" 
 - ``windows off``: the previous default (abbreviations, coordination, negation; no windows);
 - ``default (precise)``: what ``spacy.load`` gives: word-bag windows on;
 - ``sensitive``: also the 2-3 word windows the name encoder + reranker score >= ``window_min_score``;
+- ``--window-min-scores``: the sensitive arm at other thresholds (how ``window_min_score`` was chosen);
 - one ablation per text feature (``abbreviations``, ``coordination``, ``negation`` off).
 
 Reported: P, R, F1, documents/s (median of ``--repeats`` passes).
@@ -136,6 +137,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--pubtator", type=Path, help="also score this PubTator corpus (document and mention level)")
     ap.add_argument("--arms", nargs="*", help="only these arms (default: all)")
+    ap.add_argument("--window-min-scores", nargs="*", type=float, default=[],
+                    help="also a sensitive arm at each of these window_min_score values (the calibration sweep)")
     args = ap.parse_args()
     alt, keep = ontology()
     texts, gold = corpus()
@@ -146,6 +149,8 @@ def main() -> None:
     defs = definitions(nlp)
     arms = {"dictionary (longest exact name)": dictionary_arm(nlp)}
     arms.update({name: linker_arm(nlp, **over) for name, over in ARMS.items()})
+    arms.update({f"sensitive, window_min_score {v}": linker_arm(nlp, detection="sensitive", window_min_score=v)
+                 for v in args.window_min_scores})
     if args.arms:
         arms = {k: v for k, v in arms.items() if k in args.arms or k.startswith(tuple(args.arms))}
     extra = read_pubtator(args.pubtator) if args.pubtator else None

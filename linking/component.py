@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from spacy.language import Language
 from spacy.tokens import Doc, Span
-from spacy.util import filter_spans
+from spacy.util import filter_spans, minibatch
 
 from linking.aliases import AliasTable
 from linking.candidates import CandidateGenerator, candidates_from_rows
@@ -34,12 +35,13 @@ from linking.kb import KnowledgeBase
 from linking.concepts import CONCEPTS_KEY, abbreviation_uses
 from linking.matcher import AliasMatcher
 from linking.negation import NegationRules, ScopeFinder
-from linking.phrases import BagMatcher, scored_windows
+from linking.phrases import BagMatcher, select_windows, window_spans
 from linking.reranker import RerankedGenerator
 from linking.retrieval import Retrieval
 from pipelines.errors import ArtifactError, InputError
 
 log = logging.getLogger(__name__)
+WINDOW_CHUNK = 8192  # scored windows ranked per generator call
 BAG_DISCOUNT = 0.9  # a word-bag window's candidates score below an exact or variant hit on the same alias
 
 for _name, _default in (("kg_score", None), ("kg_candidates", None), ("negated", False), ("uncertain", False),
@@ -155,13 +157,14 @@ class KGLinker:
         self._require().prior = value
 
     # -- linking ------------------------------------------------------------------------------
-    def _mentions(self, doc: Doc) -> tuple[list[Span], list, list[str | None]]:
-        """Mention spans, their candidates, and the reading a coordinated conjunct was looked up as."""
+    def _mentions(self, doc: Doc) -> tuple[list[Span], list, list[str | None], set[int]]:
+        """Mention spans, their candidates, the reading a coordinated conjunct was looked up as, and
+        the tokens they cover (the ``sensitive`` windows come later, batched: :meth:`_link_batch`)."""
         kb, config = self._require(), self.config
         if config.use_ner_spans and doc.ents:
             spans = list(doc.ents)
-            return (spans, self._restrict(self._hybrid(kb.table)([s.text for s in spans], config.top_k)),
-                    [None] * len(spans))
+            return (spans, self._hybrid(kb.table)([s.text for s in spans], config.top_k), [None] * len(spans),
+                    {i for s in spans for i in range(s.start, s.end)})
         tokens = [(t.text, t.idx, t.idx + len(t.text)) for t in doc]
         found = self._matcher.find(doc.text, tokens)
         readings: list[str | None] = [None] * len(found)
@@ -171,23 +174,37 @@ class KGLinker:
             readings += [text for *_, text in extra]
         cands = [candidates_from_rows(kb.table, rows, config.top_k) for _, _, rows in found]
         spans = [doc[s:e] for s, e, _ in found]
-        if config.windows or config.detection == "sensitive":
-            covered = {i for s, e, _ in found for i in range(s, e)}
-            if config.windows:  # word-bag windows: "the ears were low-set" -> Low-set ears
-                if self._bags is None:
-                    self._bags = BagMatcher(kb.table, kb.table.bags())
-                for s, e, rows in self._bags.find(doc, covered):
+        covered = {i for s, e, _ in found for i in range(s, e)}
+        if config.windows:  # word-bag windows: "the ears were low-set" -> Low-set ears
+            if self._bags is None:
+                self._bags = BagMatcher(kb.table, kb.table.bags())
+            for s, e, rows in self._bags.find(doc, covered):
+                spans.append(doc[s:e])
+                cands.append(candidates_from_rows(kb.table, rows, config.top_k, discount=BAG_DISCOUNT))
+                readings.append(None)
+                covered.update(range(s, e))
+        return spans, cands, readings, covered
+
+    def _link_batch(self, docs: list[Doc]) -> list[Doc]:
+        kb, config = self._require(), self.config
+        proposals = [self._mentions(doc) for doc in docs]
+        if config.detection == "sensitive" and not config.use_ner_spans:
+            # other short windows the reranker vouches for: one generator call for the whole batch
+            # (its name search costs far less per window in one call than in one call per document)
+            windows = [window_spans(doc, covered) for doc, (*_, covered) in zip(docs, proposals)]
+            texts = [doc[i:j].text for doc, ws in zip(docs, windows) for i, j in ws]
+            generator, options = self._hybrid(kb.table), []
+            for at in range(0, len(texts), WINDOW_CHUNK):  # bounded memory for large batches
+                options += generator(texts[at:at + WINDOW_CHUNK], config.top_k)
+            at = 0
+            for doc, ws, (spans, cands, readings, _) in zip(docs, windows, proposals):
+                for s, e, opts in select_windows(ws, options[at:at + len(ws)], config.window_min_score):
                     spans.append(doc[s:e])
-                    cands.append(candidates_from_rows(kb.table, rows, config.top_k, discount=BAG_DISCOUNT))
+                    cands.append(opts)
                     readings.append(None)
-                    covered.update(range(s, e))
-            if config.detection == "sensitive":  # other short windows the reranker vouches for
-                for s, e, options in scored_windows(doc, covered, self._hybrid(kb.table), config.top_k,
-                                                    config.window_min_score):
-                    spans.append(doc[s:e])
-                    cands.append(options)
-                    readings.append(None)
-        return spans, self._restrict(cands), readings
+                at += len(ws)
+        return [self._link(doc, spans, self._restrict(cands), readings)
+                for doc, (spans, cands, readings, _) in zip(docs, proposals)]
 
     def _restrict(self, cands: list[list]) -> list[list]:
         """Candidates inside ``allowed_roots`` only (a mention left with none is not linked)."""
@@ -197,8 +214,16 @@ class KGLinker:
         return [[c for c in cs if allowed[c.entity_index]] for cs in cands]
 
     def __call__(self, doc: Doc) -> Doc:
+        return self._link_batch([doc])[0]
+
+    def pipe(self, stream: Iterable[Doc], *, batch_size: int = 128) -> Iterator[Doc]:
+        """``nlp.pipe`` calls this: documents in batches (the ``sensitive`` windows of a batch are
+        ranked in one call), yielded in order."""
+        for batch in minibatch(stream, size=batch_size):
+            yield from self._link_batch(list(batch))
+
+    def _link(self, doc: Doc, spans: list[Span], cands: list[list], readings: list[str | None]) -> Doc:
         kb, config = self._require(), self.config
-        spans, cands, readings = self._mentions(doc)
         context = None
         if self.weights.context > 0 and config.context_window > 0 and spans:
             context = self.retrieval.context_model().similarity(mention_contexts(doc, spans, config.context_window),

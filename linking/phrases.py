@@ -173,13 +173,10 @@ def _anchor(token) -> bool:
             and token.lower_ not in SKIPPED and token.lower_ not in CLOSING)
 
 
-def scored_windows(doc, covered: set[int], generator, k: int, min_score: float,
-                   sizes: tuple[int, ...] = (2, 3)) -> list[tuple[int, int, list]]:
-    """The ``detection: sensitive`` proposer: every window of ``sizes`` tokens inside one sentence
-    that starts and ends on a content word, holds only words (and hyphens) and touches no token
-    in ``covered``, is ranked by ``generator`` (the linker's reranked candidate generator); windows
-    whose best candidate scores at least ``min_score`` are kept, best first, non-overlapping.
-    Returns (start token, end token, candidates)."""
+def window_spans(doc, covered: set[int], sizes: tuple[int, ...] = (2, 3)) -> list[tuple[int, int]]:
+    """The ``detection: sensitive`` proposals: every window of ``sizes`` tokens inside one sentence
+    that starts and ends on a content word, holds only words (and hyphens) and touches no token in
+    ``covered``, as (start token, end token)."""
     windows: list[tuple[int, int]] = []
     for sent in (doc.sents if doc.has_annotation("SENT_START") else [doc[:]]):
         for i in range(sent.start, sent.end):
@@ -189,15 +186,17 @@ def scored_windows(doc, covered: set[int], generator, k: int, min_score: float,
                 j = i + n
                 if j > sent.end:
                     break
-                inner = doc[i:j]
-                if any(t.i in covered or not (t.is_alpha or t.text == "-") for t in inner):
+                if any(t.i in covered or not (t.is_alpha or t.text == "-") for t in doc[i:j]):
                     break
                 if _anchor(doc[j - 1]):
                     windows.append((i, j))
-    if not windows:
-        return []
-    options = generator([doc[i:j].text for i, j in windows], k)
-    kept = sorted(((opts[0].score, i, j, opts) for (i, j), opts in zip(windows, options)
+    return windows
+
+
+def select_windows(windows: list[tuple[int, int]], options: list[list], min_score: float) -> list[tuple[int, int, list]]:
+    """The windows whose best candidate (``options[i]``: the candidate generator's list for
+    ``windows[i]``) scores at least ``min_score``, best first and non-overlapping, in text order."""
+    kept = sorted(((opts[0].score, i, j, opts) for (i, j), opts in zip(windows, options, strict=True)
                    if opts and opts[0].score >= min_score), key=lambda x: (-x[0], x[1]))
     taken: set[int] = set()
     out = []
@@ -206,3 +205,11 @@ def scored_windows(doc, covered: set[int], generator, k: int, min_score: float,
             taken.update(range(i, j))
             out.append((i, j, opts))
     return sorted(out, key=lambda x: x[:2])
+
+
+def scored_windows(doc, covered: set[int], generator, k: int, min_score: float,
+                   sizes: tuple[int, ...] = (2, 3)) -> list[tuple[int, int, list]]:
+    """:func:`window_spans` of one document ranked by ``generator`` (the linker's reranked candidate
+    generator) and :func:`select_windows` of them: (start token, end token, candidates)."""
+    windows = window_spans(doc, covered, sizes)
+    return select_windows(windows, generator([doc[i:j].text for i, j in windows], k) if windows else [], min_score)

@@ -130,8 +130,14 @@ def test_scored_windows_keep_the_best_non_overlapping_windows_above_the_threshol
 def test_sensitive_detection_links_a_misspelling_the_precise_mode_leaves():
     text = "Her muscle weaknes was obvious."
     assert doc_concepts(_linker()(text)) == []
-    doc = _linker({"detection": "sensitive", "window_min_score": 0.3})(text)
+    nlp = _linker({"detection": "sensitive", "window_min_score": 0.3})
+    doc = nlp(text)
     assert [(e.text, e.kb_id_) for e in doc.ents] == [("muscle weaknes", "HP:2")]
+    # nlp.pipe ranks the windows of a whole batch in one call: the same links as one document at a time
+    texts = [text, "Nothing here.", TEXT, "Short statur and hypotonic muscles.", ""]
+    one = [[(e.start, e.end, e.kb_id_, e._.kg_score) for e in nlp(t).ents] for t in texts]
+    assert [[(e.start, e.end, e.kb_id_, e._.kg_score) for e in d.ents] for d in nlp.pipe(texts, batch_size=3)] == one
+    assert any(one[3]) and one[1] == [] and one[4] == []
 
 
 def test_detection_config_errors():
