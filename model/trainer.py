@@ -78,11 +78,17 @@ def prepare(layout: ArtifactLayout, model_config: ModelConfig):
 
 
 def _stream(dataset, batch_size: int, collate_fn, skip: int, what: str) -> Iterator[dict[str, torch.Tensor]]:
-    """Micro-batches forever (epoch after epoch, same order), the first ``skip`` dropped (resume)."""
+    """Micro-batches forever (epoch after epoch, same order), the first ``skip`` dropped (resume).
+
+    Each DataLoader iterator draws a base seed from its generator; from the global one, that draw
+    would happen at a different moment in a resumed run (after the checkpoint's RNG state is
+    restored) than in an uninterrupted one, and shift every dropout mask after it. A private
+    generator keeps the global stream to the model alone."""
     seen = 0
     while True:
         empty = True
-        for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn):
+        for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn,
+                                generator=torch.Generator().manual_seed(0)):
             empty = False
             seen += 1
             if seen > skip:

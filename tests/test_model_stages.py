@@ -232,6 +232,36 @@ def test_stages_2_and_3_train_save_reload_and_reuse_the_reference(build, caplog)
     assert "reused" in caplog.text
 
 
+def test_stage1_killed_after_a_checkpoint_resumes_to_the_same_weights(build, monkeypatch):
+    """Dropout and the shard stream together: a DataLoader iterator created after the checkpoint's
+    RNG state was restored used to draw from the global RNG and shift every later dropout mask."""
+    import model.loop as loop
+    from model.trainer import train_stage1
+    from pipelines.artifacts import file_sha256
+
+    model_cfg, stage = ModelConfig(**TINY), StageConfig(max_steps=3, batch_size=4, checkpoint_every=1)
+    train_stage1(build, model_cfg, stage)
+    straight = file_sha256(build.adapters / "stage1" / "knowledge.safetensors")
+    shutil.rmtree(build.adapters)  # and its manifest entry: the next run starts from nothing
+    manifest = read_manifest(build)
+    del manifest["stages"]["train:stage1"]
+    atomic_write_json(build.manifest, manifest)
+    real, saved = loop.save_loop_checkpoint, []
+
+    def killed_after_the_second(*args, **kwargs):
+        real(*args, **kwargs)
+        saved.append(1)
+        if len(saved) == 2:
+            raise KeyboardInterrupt("killed")
+    monkeypatch.setattr(loop, "save_loop_checkpoint", killed_after_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        train_stage1(build, model_cfg, stage)
+    monkeypatch.setattr(loop, "save_loop_checkpoint", real)
+    assert not (build.adapters / "stage1").exists()
+    train_stage1(build, model_cfg, stage)  # resumes at step 2
+    assert file_sha256(build.adapters / "stage1" / "knowledge.safetensors") == straight
+
+
 def test_stage3_refuses_other_embedding_version(build):
     from model.trainer import load_stage, train
     from pipelines.artifacts import record_stage
