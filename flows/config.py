@@ -16,7 +16,7 @@ from typing import Any
 
 from kg.config import EmbeddingConfig
 from linking.config import LinkerConfig
-from model.config import ModelConfig, StageConfig
+from model.config import STAGE_DEFAULTS, AdapterConfig, ModelConfig, StageConfig
 from pipelines.config import from_dict, section_names
 from pipelines.errors import ConfigError, InputError
 from pipelines.ingest import FORMATS, IngestOptions, hpo_sources, resolve_formats
@@ -36,14 +36,34 @@ class BuildConfig:
     corpus: str | None = None             # None: the KG's own descriptions
     preferences: tuple[str, ...] = ()
     model: ModelConfig = field(default_factory=ModelConfig)
-    stage1: StageConfig = field(default_factory=StageConfig)
+    peft: AdapterConfig = field(default_factory=AdapterConfig)
+    stage1: StageConfig = field(default_factory=lambda: STAGE_DEFAULTS["stage1"])
+    stage2: StageConfig = field(default_factory=lambda: STAGE_DEFAULTS["stage2"])
+    stage3: StageConfig = field(default_factory=lambda: STAGE_DEFAULTS["stage3"])
+    # the KALoRA stages the train flow runs, in order: 1 knowledge warm-up, 2 joint fine-tuning
+    # (peft adapter), 3 DPO alignment; a later stage starts from the earlier stage's saved output
+    stages: tuple[int, ...] = (1, 2, 3)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "config") -> "BuildConfig":
         """The config of ``data`` (a build YAML's mapping); errors read ``<where>: [embed -> x] ...``.
         Not validated against the file system: ``resolve`` and ``validate`` do that."""
         try:
-            return from_dict(cls, data, "")
+            data = dict(data or {}) if isinstance(data, dict) else data
+            if isinstance(data, dict):  # each stage's own defaults under what the mapping gives
+                for stage in ("stage1", "stage2", "stage3"):
+                    if isinstance(data.get(stage), dict) or (stage in data and data[stage] is None):
+                        data[stage] = StageConfig.from_dict(data[stage], stage, STAGE_DEFAULTS[stage])
+                if isinstance(data.get("stages"), list):
+                    data["stages"] = tuple(data["stages"])
+            cfg = from_dict(cls, data, "")
+            stages = cfg.stages
+            if (not isinstance(stages, tuple) or not stages or any(not isinstance(x, int) or isinstance(x, bool)
+                                                                    for x in stages)
+                    or not set(stages) <= {1, 2, 3} or list(stages) != sorted(set(stages))):
+                raise ConfigError(f"[stages] expected some of 1, 2, 3 in increasing order (e.g. [1, 2, 3] or [2, 3]), "
+                                  f"got {list(stages) if isinstance(stages, tuple) else stages!r}")
+            return cfg
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
 

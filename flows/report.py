@@ -24,6 +24,13 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str
             m += embedding_vs_baseline(metrics)
         if stage == "train":
             m = f"knowledge_loss {metrics['first']['knowledge_loss']:.3f}→{metrics['last']['knowledge_loss']:.3f}"
+        elif stage == "train:stage2":
+            m = (f"task_loss {metrics['first']['task_loss']:.3f}→{metrics['last']['task_loss']:.3f}, "
+                 f"knowledge_loss {metrics['first']['knowledge_loss']:.3f}→{metrics['last']['knowledge_loss']:.3f}")
+        elif stage == "train:stage3":
+            m = (f"dpo_loss {metrics['first']['dpo_loss']:.3f}→{metrics['last']['dpo_loss']:.3f}, "
+                 f"policy prefers chosen {metrics['reference_prefers_chosen']:.3f}→{metrics['policy_prefers_chosen']:.3f} "
+                 f"({metrics['eval_split']} pairs)")
         wall = entry.get("wall_time_s")
         seconds = f"{wall:.1f}" if wall is not None else "-"
         rows.append((stage, shown, m, f"cached ({seconds})" if entry.get("cached") else seconds))
@@ -62,8 +69,9 @@ def plots(results: dict[str, dict[str, Any]]) -> dict[str, Path]:
         base = entry.get("outputs", {})
         if stage == "embed" and "embeddings" in base:
             out["embedding training (loss, validation MRR)"] = Path(base["embeddings"]) / "training.png"
-        if stage == "train" and "adapters" in base:
-            out["stage 1 loss"] = Path(base["adapters"]) / "stage1" / "loss.png"
+        if stage.startswith("train") and "adapters" in base:
+            number = stage.rpartition("stage")[2] or "1"
+            out[f"stage {number} loss"] = Path(base["adapters"]) / "loss.png"
     return {k: v.resolve() for k, v in out.items() if v.exists()}
 
 

@@ -78,13 +78,28 @@ SPECS: dict[str, StageSpec] = {
         lambda cfg: {"shards": asdict(cfg.shards), "model": cfg.embed.model, "corpus": cfg.corpus,
                      "preferences": list(cfg.preferences)},
         lambda cfg, lay: [lay.shards]),
-    # The train task records "train:stage1"; keep this key in step with what it records.
+    # The train flow's tasks record "train:stage1/2/3"; keep these keys in step with what they record.
+    # A later stage reads the earlier stage's saved knowledge module (hashed), so retraining stage 1
+    # re-runs 2 and 3, and a stage-3 setting re-runs only stage 3.
     "train": StageSpec(
         "train", ("model",), lambda cfg: "train:stage1",
         lambda cfg, lay: {"shards": lay.shards, "vectors": _vectors(cfg, lay)},
         lambda cfg: {"model": asdict(cfg.model), "stage1": cfg.stage1.to_dict()},
         lambda cfg, lay: [lay.adapters / "stage1"]),
+    "train:stage2": StageSpec(
+        "train:stage2", ("model",), lambda cfg: "train:stage2",
+        lambda cfg, lay: {"shards": lay.shards, "vectors": _vectors(cfg, lay),
+                          "stage1": lay.adapters / "stage1" / "knowledge.safetensors"},
+        lambda cfg: {"model": asdict(cfg.model), "peft": asdict(cfg.peft), "stage2": cfg.stage2.to_dict()},
+        lambda cfg, lay: [lay.adapters / "stage2"]),
+    "train:stage3": StageSpec(
+        "train:stage3", ("model",), lambda cfg: "train:stage3",
+        lambda cfg, lay: {"shards": lay.shards, "stage2": lay.adapters / "stage2" / "knowledge.safetensors",
+                          "stage2_adapter": lay.adapters / "stage2" / "adapter"},
+        lambda cfg: {"stage3": cfg.stage3.to_dict()},
+        lambda cfg, lay: [lay.adapters / "stage3"]),
 }
+TRAIN_STAGES = {1: "train", 2: "train:stage2", 3: "train:stage3"}  # stage number -> SPECS key
 
 
 def fingerprint(spec: StageSpec, cfg: BuildConfig, layout: ArtifactLayout,

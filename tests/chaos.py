@@ -47,6 +47,9 @@ BUILD = {
     "shards": {"rows_per_part": 50, "question_fraction": 1.0},
     "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "max_length": 48, "vocab_size": 300},
     "stage1": {"max_steps": 3, "batch_size": 4, "checkpoint_every": 1},
+    # the kill-and-resume runs cover the build through stage 1; stages 2 and 3 resume from their
+    # checkpoints the same way (tests/test_model_stages.py)
+    "stages": [1],
 }
 # stage names as the manifest records them, in build order
 STAGES = ("ingest", "splits", "embed:transe", "index", "linker", "eval:linker", "shards", "train:stage1")

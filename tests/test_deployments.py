@@ -89,7 +89,8 @@ def _tiny_params(data_dir: Path, root: Path) -> dict:
             "embed": {"embedding_dim": 8, "num_epochs": 2, "batch_size": 8, "eval_every": 0, "eval_max_triples": None},
             "shards": {"rows_per_part": 50, "question_fraction": 1.0},
             "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "max_length": 48, "vocab_size": 300},
-            "stage1": {"max_steps": 2, "batch_size": 4}}
+            "stage1": {"max_steps": 2, "batch_size": 4}, "stage2": {"max_steps": 2, "batch_size": 4},
+            "stage3": {"max_steps": 2, "batch_size": 4}}
 
 
 @pytest.mark.slow
@@ -130,7 +131,8 @@ def test_deployments_run_on_a_real_server_and_worker(tmp_path, data_dir):
         assert {"kalora-tiny-stages", "kalora-tiny-report"} <= set(by_key)
         table = by_key["kalora-tiny-stages"]["data"]
         table = json.loads(table) if isinstance(table, str) else table
-        assert [row["stage"] for row in table] == ["ingest", "embed", "index", "linker", "shards", "train"]
+        assert [row["stage"] for row in table] == ["ingest", "embed", "index", "linker", "shards", "train",
+                                                   "train:stage2", "train:stage3"]
         report = by_key["kalora-tiny-report"]["data"]
         assert "mrr=" in report and "alias_recall_at_10=" in report and "training.png" in report
         assert "tiny/embeddings/transe/training.png" in by_key["kalora-tiny-plot-embedding-training"]["data"]
@@ -140,4 +142,5 @@ def test_deployments_run_on_a_real_server_and_worker(tmp_path, data_dir):
         assert all(f["state_type"] == "COMPLETED" for f in subflows if f["id"] != run_id and f["parent_task_run_id"])
     manifest = json.loads((tmp_path / "artifacts" / "tiny" / "manifest.json").read_text())
     assert all(manifest["stages"][s]["cache"]["key"] for s in ("ingest", "embed:transe", "index", "linker",
-                                                                 "shards", "train:stage1"))
+                                                                 "shards", "train:stage1", "train:stage2",
+                                                                 "train:stage3"))

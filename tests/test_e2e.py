@@ -25,6 +25,8 @@ embed: {{model: transe, training_loop: slcwa, inverse_triples: false, loss: null
         learning_rate: 0.01, num_epochs: 3, embedding_dim: 32, batch_size: 4096, eval_every: 0, eval_max_triples: 500}}
 shards: {{max_alignment_pairs: 500}}
 stage1: {{max_steps: 10, batch_size: 8}}
+stage2: {{max_steps: 10, batch_size: 8}}
+stage3: {{max_steps: 10, batch_size: 8}}
 """)
     result = run_cli("run", str(cfg))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -34,7 +36,12 @@ stage1: {{max_steps: 10, batch_size: 8}}
 def test_flow_builds_every_artifact(hpo_slice):
     base, result = hpo_slice
     manifest = json.loads((base / "manifest.json").read_text())
-    assert {"ingest", "splits", "embed:transe", "index", "linker", "shards", "train:stage1"} <= set(manifest["stages"])
+    assert {"ingest", "splits", "embed:transe", "index", "linker", "shards", "train:stage1", "train:stage2",
+            "train:stage3"} <= set(manifest["stages"])
+    # every KALoRA stage trained against the embedding the shards were built from
+    versions = {manifest["stages"][f"train:stage{i}"]["outputs"]["embedding_version"] for i in (1, 2, 3)}
+    assert len(versions) == 1 and versions.pop().startswith("transe-")
+    assert manifest["stages"]["train:stage3"]["metrics"]["pairs_train"] > 0
     counts = manifest["stages"]["ingest"]["counts"]
     assert counts["entities"] > 5000 and counts["triples"] > 20000
     assert 0 < manifest["stages"]["embed:transe"]["metrics"]["mrr"] < 1
@@ -44,7 +51,7 @@ def test_flow_builds_every_artifact(hpo_slice):
     assert linker["name_encoder"]["entities"] >= 20 and linker["reranker"]["name_encoder"]
     for path in ("kg/entities.parquet", "embeddings/transe/entities.npy", "index/entities.faiss",
                  "linker/config.cfg", "linker/kg_linker/name_encoder.safetensors",
-                 "adapters/stage1/knowledge.safetensors"):
+                 "adapters/stage1/knowledge.safetensors", "adapters/stage2/adapter", "adapters/stage3/knowledge.safetensors"):
         assert (base / path).exists(), path
     out = result.stdout
     assert "kalora build 'hpo-eye'" in out and str(base / "manifest.json") in out.replace("\n", "")

@@ -12,9 +12,11 @@ from pipelines.errors import ConfigError, InputError, KaloraError
 TINY = {"embed": {"embedding_dim": 8, "num_epochs": 2, "batch_size": 8, "eval_every": 0, "eval_max_triples": None},
         "shards": {"rows_per_part": 50, "question_fraction": 1.0},
         "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "max_length": 48, "vocab_size": 300},
-        "stage1": {"max_steps": 2, "batch_size": 4}}
+        "stage1": {"max_steps": 2, "batch_size": 4}, "stage2": {"max_steps": 2, "batch_size": 4},
+        "stage3": {"max_steps": 2, "batch_size": 4}}
 STAGE_KEYS = {"ingest": "ingest", "embed": "embed:transe", "index": "index", "linker": "linker", "shards": "shards",
-              "train": "train:stage1"}
+              "train": "train:stage1", "train:stage2": "train:stage2", "train:stage3": "train:stage3"}
+TRAINING = {"train", "train:stage2", "train:stage3"}
 
 
 @pytest.fixture(autouse=True)
@@ -61,11 +63,18 @@ def test_flows_cache_skips_unchanged_stages_and_reruns_what_a_change_reaches(tmp
     assert _ran(_build(root, sources)) == set()
     assert _manifest(root) == first, "a fully cached run rewrites nothing"
 
-    # a training parameter reaches only training
-    assert _ran(_build(root, sources, stage1={"max_steps": 3, "batch_size": 4})) == {"train"}
-    # a shard parameter reaches shards and the training that reads them
+    # a stage-1 parameter reaches stage 1 and the stages that start from its output
+    assert _ran(_build(root, sources, stage1={"max_steps": 3, "batch_size": 4})) == TRAINING
+    # a stage-3 parameter reaches only stage 3
     assert _ran(_build(root, sources, stage1={"max_steps": 3, "batch_size": 4},
-                       shards={"rows_per_part": 50, "question_fraction": 0.5})) == {"shards", "train"}
+                       stage3={"max_steps": 3, "batch_size": 4})) == {"train:stage3"}
+    manifest = _manifest(root)["stages"]
+    assert manifest["train:stage3"]["parameters"]["stage"]["max_steps"] == 3
+    assert manifest["train:stage2"]["outputs"]["embedding_version"] == manifest["train:stage1"]["outputs"]["embedding_version"]
+    assert "policy_prefers_chosen" in manifest["train:stage3"]["metrics"]
+    # a shard parameter reaches shards and the training that reads them
+    assert _ran(_build(root, sources, stage1={"max_steps": 3, "batch_size": 4}, stage3={"max_steps": 3, "batch_size": 4},
+                       shards={"rows_per_part": 50, "question_fraction": 0.5})) == {"shards"} | TRAINING
     after = _manifest(root)["stages"]
     for stage in ("ingest", "embed:transe", "index", "linker"):
         assert after[stage] == first["stages"][stage]
@@ -73,14 +82,14 @@ def test_flows_cache_skips_unchanged_stages_and_reruns_what_a_change_reaches(tmp
     # new input content re-runs ingestion and everything whose inputs it changed
     with open(sources[0], "a") as fh:
         fh.write("\n[Term]\nid: HP:9000099\nname: Invented late term\nis_a: HP:9000001\n")
-    ran = _ran(_build(root, sources, stage1={"max_steps": 3, "batch_size": 4},
+    ran = _ran(_build(root, sources, stage1={"max_steps": 3, "batch_size": 4}, stage3={"max_steps": 3, "batch_size": 4},
                       shards={"rows_per_part": 50, "question_fraction": 0.5}))
     assert ran == set(STAGE_KEYS)
     assert _manifest(root)["stages"]["ingest"]["counts"]["entities"] == first["stages"]["ingest"]["counts"]["entities"] + 1
 
     # force re-runs a stage whatever its key; what it reaches downstream depends on its output bytes
     ran = _ran(_build(root, sources, force=["index"], stage1={"max_steps": 3, "batch_size": 4},
-                      shards={"rows_per_part": 50, "question_fraction": 0.5}))
+                      stage3={"max_steps": 3, "batch_size": 4}, shards={"rows_per_part": 50, "question_fraction": 0.5}))
     assert "index" in ran and not ran & {"ingest", "embed", "linker"}
 
 
@@ -118,7 +127,7 @@ def test_flows_failed_stage_keeps_earlier_artifacts_and_the_next_run_resumes(tmp
     done = {s: manifest["stages"][s]["completed_at"] for s in ("ingest", "embed:transe", "index", "linker")}
 
     corpus.write_text('{"text": "Seizures and clouded lens."}\n{"text": "Short stature."}\n')
-    assert _ran(_build(root, sources, corpus=str(corpus))) == {"shards", "train"}
+    assert _ran(_build(root, sources, corpus=str(corpus))) == {"shards"} | TRAINING
     manifest = _manifest(root)
     assert {s: manifest["stages"][s]["completed_at"] for s in done} == done
     assert manifest["stages"]["shards"]["counts"]["joint_docs"] == 2
