@@ -69,19 +69,43 @@ def cmd_ingest(args) -> dict:
 
 
 def cmd_embed(args) -> dict:
-    from kg.config import EmbeddingConfig
     from kg.embeddings import train_embeddings
 
-    data = _config_section(args.config, "embed")
-    data["model"] = args.model or data.get("model", "transe")
-    if args.epochs is not None:
-        data["num_epochs"] = args.epochs
-    entry = train_embeddings(_layout(args), EmbeddingConfig.from_dict(data, "embed"))
+    layout = _layout(args)
+    entry = train_embeddings(layout, embedding_config(args, layout))
     from flows.report import embedding_vs_baseline
 
     m = entry["metrics"]
     print(f"embed: MRR={m['mrr']:.3f}, Hits@10={m['hits_at_10']:.3f}{embedding_vs_baseline(m)}", file=sys.stderr)
     return entry
+
+
+def embedding_config(args, layout):
+    """``kalora embed``'s config. With ``--config``: that file's fields (per-model tuned defaults
+    under them, as in a build config), ``--model``/``--epochs`` over them. Without: the measured
+    default for this graph's size that ``kalora run`` trains (``kg.config.default_config``), with
+    ``--model`` swapped in when the default's training loop trains it, else that model's tuned
+    config (TransE: PyKEEN's 1-N loop, slow on large graphs)."""
+    from dataclasses import replace
+
+    import pyarrow.parquet as pq
+
+    from kg.config import EmbeddingConfig, default_config
+
+    if args.config is not None:
+        data = _config_section(args.config, "embed")
+        if args.model:
+            data["model"] = args.model
+        if args.epochs is not None:
+            data["num_epochs"] = args.epochs
+        return EmbeddingConfig.from_dict(data, "embed")
+    default = default_config(pq.ParquetFile(layout.require(layout.entities, "ingest")).metadata.num_rows)
+    model = args.model or default.model
+    if model == default.model or (default.training_loop == "shared" and model != "transe"):
+        config = replace(default, model=model)
+    else:
+        config = EmbeddingConfig.from_dict({"model": model}, "embed")
+    return replace(config, num_epochs=args.epochs) if args.epochs is not None else config
 
 
 def cmd_index(args) -> dict:

@@ -54,3 +54,34 @@ def test_ingest_then_link_on_tiny(tmp_path, tiny_sources):
 
     spans = json.loads(r.stdout.strip().splitlines()[-1])["spans"]
     assert [(s["text"], s["kb_id"]) for s in spans] == [("Seizures", "HP:9000006"), ("clouded lens", "HP:9000003")]
+
+
+def test_embed_without_a_config_trains_the_default_kalora_run_trains(tmp_path):
+    """`kalora embed` with no --config: the measured default for the graph's size (the shared-negative
+    loop above 5,000 entities, 1-N ComplEx below), not the slow per-model 1-N config."""
+    import argparse
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from flows.cli import embedding_config
+    from kg.config import ComplExConfig, EmbeddingConfig, TransEConfig
+    from pipelines.artifacts import ArtifactLayout
+
+    def config(n, **given):
+        layout = ArtifactLayout(tmp_path / str(n), "g")
+        layout.entities.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"entity_id": [f"E{i}" for i in range(n)]}), layout.entities)
+        args = argparse.Namespace(**{"config": None, "model": None, "epochs": None, **given})
+        return embedding_config(args, layout)
+
+    assert config(6000) == EmbeddingConfig()
+    assert config(6000, model="distmult") == EmbeddingConfig(model="distmult")
+    assert config(6000, epochs=2).num_epochs == 2 and config(6000, epochs=2).training_loop == "shared"
+    assert isinstance(config(6000, model="transe"), TransEConfig)  # the shared loop trains no TransE
+    assert config(100) == ComplExConfig() and isinstance(config(100, model="transe"), TransEConfig)
+    cfg = tmp_path / "embed.yaml"
+    cfg.write_text("embed: {model: complex, num_epochs: 3}\n")
+    layout = ArtifactLayout(tmp_path / "6000", "g")
+    given = embedding_config(argparse.Namespace(config=str(cfg), model=None, epochs=None), layout)
+    assert isinstance(given, ComplExConfig) and given.num_epochs == 3  # a file keeps its per-model defaults
