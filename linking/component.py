@@ -196,6 +196,7 @@ class KGLinker:
             generator, options = self._hybrid(kb.table), []
             for at in range(0, len(texts), WINDOW_CHUNK):  # bounded memory for large batches
                 options += generator(texts[at:at + WINDOW_CHUNK], config.top_k)
+            options = self._restrict(options)  # a window is chosen by what it may link to
             at = 0
             for doc, ws, (spans, cands, readings, _) in zip(docs, windows, proposals):
                 for s, e, opts in select_windows(ws, options[at:at + len(ws)], config.window_min_score):
