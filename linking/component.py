@@ -177,7 +177,7 @@ class KGLinker:
         covered = {i for s, e, _ in found for i in range(s, e)}
         if config.windows:  # word-bag windows: "the ears were low-set" -> Low-set ears
             if self._bags is None:
-                self._bags = BagMatcher(kb.table, kb.table.bags())
+                self._bags = BagMatcher(kb.table)
             for s, e, rows in self._bags.find(doc, covered):
                 spans.append(doc[s:e])
                 cands.append(candidates_from_rows(kb.table, rows, config.top_k, discount=BAG_DISCOUNT))

@@ -94,14 +94,12 @@ def bag_keys(table: AliasTable) -> list[str]:
 class BagMatcher:
     """Alias rows by bag key; :meth:`find` proposes the windows of a document whose bag is a key."""
 
-    def __init__(self, table: AliasTable, bags: list[str] | None = None):
+    def __init__(self, table: AliasTable):
         self.table = table
         self.rows: dict[str, list[int]] = {}
-        bags = bags if bags is not None else bag_keys(table)
-        for row, bag in enumerate(bags):
+        for row, bag in enumerate(table.bags()):  # saved with the linker, else computed once
             if bag:
                 self.rows.setdefault(bag, []).append(row)
-        self.bags = bags
 
     def _stem(self, token) -> str | None:
         """A token's stem, "" for a skipped word, None for a token that closes a window."""
@@ -205,11 +203,3 @@ def select_windows(windows: list[tuple[int, int]], options: list[list], min_scor
             taken.update(range(i, j))
             out.append((i, j, opts))
     return sorted(out, key=lambda x: x[:2])
-
-
-def scored_windows(doc, covered: set[int], generator, k: int, min_score: float,
-                   sizes: tuple[int, ...] = (2, 3)) -> list[tuple[int, int, list]]:
-    """:func:`window_spans` of one document ranked by ``generator`` (the linker's reranked candidate
-    generator) and :func:`select_windows` of them: (start token, end token, candidates)."""
-    windows = window_spans(doc, covered, sizes)
-    return select_windows(windows, generator([doc[i:j].text for i, j in windows], k) if windows else [], min_score)

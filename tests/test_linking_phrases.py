@@ -10,7 +10,7 @@ from linking.aliases import AliasTable
 from linking.candidates import Candidate
 from linking.concepts import CONCEPTS_KEY, doc_concepts
 from linking.config import LinkerConfig
-from linking.phrases import BagMatcher, bag_key, scored_windows, word_stem
+from linking.phrases import BagMatcher, bag_key, bag_keys, select_windows, window_spans, word_stem
 from pipelines.errors import ConfigError
 from pipelines.normalize import normalize_alias
 
@@ -108,9 +108,9 @@ def test_bag_keys_are_saved_with_the_linker_and_recomputed_for_older_ones(tmp_pa
     from linking.kb import KnowledgeBase
 
     kb = KnowledgeBase.from_disk(tmp_path / "linker" / "kg_linker")
-    assert kb.table.alias_bag is not None and kb.table.bags() == BagMatcher(kb.table).bags
+    assert kb.table.alias_bag is not None and kb.table.bags() == bag_keys(kb.table)
     kb.table.alias_bag = None
-    assert kb.table.bags() == BagMatcher(kb.table).bags
+    assert kb.table.bags() == bag_keys(kb.table)
 
 
 def test_scored_windows_keep_the_best_non_overlapping_windows_above_the_threshold(nlp_sents):
@@ -120,6 +120,10 @@ def test_scored_windows_keep_the_best_non_overlapping_windows_above_the_threshol
         return [[Candidate(2, scores[t.lower()], "Muscle weakness", "label")] if t.lower() in scores else []
                 for t in texts]
     doc = nlp_sents("Her muscel weaknes was severe.")
+
+    def scored_windows(doc, covered, generator, k, min_score):
+        windows = window_spans(doc, covered)
+        return select_windows(windows, generator([doc[i:j].text for i, j in windows], k), min_score)
     # "weaknes was" ends on a function word: never proposed, whatever it would score
     assert [(doc[s:e].text, round(c[0].score, 2)) for s, e, c in scored_windows(doc, set(), generator, 3, 0.7)] == \
         [("muscel weaknes", 0.75)]
