@@ -11,8 +11,8 @@ inside a window are skipped; punctuation other than hyphens and apostrophes, coo
 sentence bounds close it.
 
 :class:`BagMatcher` returns windows as the alias matcher returns matches: (start token, end token,
-alias rows), longest first and non-overlapping. The linker merges them with the exact matches
-(an exact match wins a tie) and ranks their candidates like any mention.
+alias rows), longest first and non-overlapping. The linker tries windows only on tokens no exact
+match took, and ranks their candidates like any mention.
 """
 
 from __future__ import annotations
@@ -81,7 +81,12 @@ def content_stems(norm: str) -> list[str]:
 
 
 def bag_key(norm: str) -> str:
-    """The order-free key of a normalised name: its content-word stems, sorted, space-joined."""
+    """The order-free key of a normalised name: its content-word stems, sorted, space-joined; ""
+    for a name with a word that closes a text window ("Seizures without fever", "No eyelashes",
+    "Cleft lip and palate"): no window can hold such a name, and keyed by its other words it would
+    match their opposite ("seizures with fever", "eyelashes")."""
+    if any(w in CLOSING for w in norm.split(" ")):
+        return ""
     return " ".join(sorted(content_stems(norm)))
 
 

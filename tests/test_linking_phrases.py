@@ -17,8 +17,8 @@ from pipelines.normalize import normalize_alias
 ROWS = [("Low-set ears", "label", 1), ("Muscle weakness", "label", 2), ("Hypotonia", "label", 3),
         ("Tendonitis", "label", 4), ("Short stature", "label", 5), ("Nail dysplasia", "label", 6),
         ("Abnormality of the ear", "label", 7), ("SET", "symbol", 8), ("Scoliosis", "label", 9),
-        ("Collecting", "synonym_exact", 10)]
-IDS = [f"HP:{i}" for i in range(1, 11)]
+        ("Collecting", "synonym_exact", 10), ("Seizures without fever", "synonym_exact", 11), ("No eyelashes", "label", 12)]
+IDS = [f"HP:{i}" for i in range(1, 13)]
 
 
 def _table(rows=ROWS):
@@ -68,6 +68,9 @@ def test_bag_windows_stop_at_clauses_sentences_and_case_sensitive_aliases(nlp_se
     assert _found(nlp_sents, m, "stature was not short") == []           # and a negation word
     assert _found(nlp_sents, m, "the set was collected from a tendon") == []  # symbols, -ing and -itis kept apart
     assert _found(nlp_sents, m, "see http://example.org/low-set-ears now") == []  # a URL is no phrase
+    # a name with a negation or coordinator has no bag: keyed by its other words it meant the opposite
+    assert _found(nlp_sents, m, "Seizures with fever; eyelashes were long.") == []
+    assert bag_key("seizures without fever") == bag_key("no eyelashes") == ""
     # longest window first; excluded tokens are not tried
     doc = nlp_sents("muscles were weak")
     assert m.find(doc, exclude={0}) == []
