@@ -16,7 +16,7 @@ from typing import Any
 
 from kg.config import EmbeddingConfig
 from linking.config import LinkerConfig
-from model.config import STAGE_DEFAULTS, AdapterConfig, ModelConfig, StageConfig
+from model.config import STAGE_DEFAULTS, AdapterConfig, ModelConfig, StageConfig, with_stage_defaults
 from pipelines.config import from_dict, section_names
 from pipelines.errors import ConfigError, InputError
 from pipelines.ingest import FORMATS, IngestOptions, hpo_sources, resolve_formats
@@ -49,13 +49,9 @@ class BuildConfig:
         """The config of ``data`` (a build YAML's mapping); errors read ``<where>: [embed -> x] ...``.
         Not validated against the file system: ``resolve`` and ``validate`` do that."""
         try:
-            data = dict(data or {}) if isinstance(data, dict) else data
-            if isinstance(data, dict):  # each stage's own defaults under what the mapping gives
-                for stage in ("stage1", "stage2", "stage3"):
-                    if isinstance(data.get(stage), dict) or (stage in data and data[stage] is None):
-                        data[stage] = StageConfig.from_dict(data[stage], stage, STAGE_DEFAULTS[stage])
-                if isinstance(data.get("stages"), list):
-                    data["stages"] = tuple(data["stages"])
+            data = with_stage_defaults(data, "")
+            if isinstance(data, dict) and isinstance(data.get("stages"), list):
+                data["stages"] = tuple(data["stages"])
             cfg = from_dict(cls, data, "")
             stages = cfg.stages
             if (not isinstance(stages, tuple) or not stages or any(not isinstance(x, int) or isinstance(x, bool)

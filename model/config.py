@@ -111,6 +111,19 @@ STAGE_DEFAULTS = {
 }
 
 
+def with_stage_defaults(data: Any, where: str) -> Any:
+    """``data`` (a mapping with ``stage1``..``stage3`` sections, or anything else, returned as is)
+    with each stage section built as a :class:`StageConfig` under that stage's own defaults
+    (``STAGE_DEFAULTS``), not the class defaults a plain ``from_dict`` would fill in."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    for stage in ("stage1", "stage2", "stage3"):
+        if stage in data and (data[stage] is None or isinstance(data[stage], dict)):
+            data[stage] = StageConfig.from_dict(data[stage], location(where, stage), STAGE_DEFAULTS[stage])
+    return data
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The ``train:`` section: ``model``, ``peft``, ``stage1``, ``stage2``, ``stage3``."""
@@ -123,12 +136,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "train") -> "TrainConfig":
-        data = dict(data or {}) if isinstance(data, dict) else data
-        if isinstance(data, dict):  # each stage's own defaults under what the mapping gives
-            for stage in ("stage1", "stage2", "stage3"):
-                if stage in data and (data[stage] is None or isinstance(data[stage], dict)):
-                    data[stage] = StageConfig.from_dict(data[stage], location(where, stage), STAGE_DEFAULTS[stage])
-        return from_dict(cls, data, where)
+        return from_dict(cls, with_stage_defaults(data, where), where)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
